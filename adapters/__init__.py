@@ -1,0 +1,1 @@
+"""Built-in model adapters, registered as ordinary `tokenprune` plugins."""

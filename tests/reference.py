@@ -1,0 +1,184 @@
+"""An independent reference of the methods: keep every token, hide removed ones with explicit per-layer masks.
+
+Nothing here uses tokenprune's engine, cache or score code. The reference runs the unmodified model with
+*eager* attention and a plain DynamicCache, reads the attention weights that eager attention returns,
+re-derives the kept sets from the method definitions in SPEC.md, and hides removed visual tokens from
+each layer through its own 4D additive mask. Outputs of the kept tokens must then equal the pruned
+run's (which physically drops tokens) up to float summation order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+
+@dataclass
+class RefMethod:
+    """Method definitions, re-written from SPEC.md (not imported from tokenprune)."""
+
+    kind: str  # "fastv" | "vtw" | "st3"
+    k: int = 2
+    ratio: float = 0.5
+    query: str = "last"
+    start_layer: int = 2
+    stride: int = 2
+    decay: str = "none"
+    final_fraction: float = 1.0
+    horizon: int | None = None
+
+    def cuts(self, num_layers: int) -> list[int]:
+        if self.kind in ("fastv", "vtw"):
+            return [self.k] if self.k < num_layers else []
+        return list(range(self.start_layer, num_layers, self.stride))
+
+    def keep(self, present: int, total: int) -> int:
+        if self.kind == "fastv":
+            return min(present, round(total * (1 - self.ratio)))
+        if self.kind == "vtw":
+            return 0
+        return round(present * (1 - self.ratio))
+
+    def fraction(self, t: int, horizon: int) -> float:
+        f = self.final_fraction
+        if self.decay == "cosine":
+            return f + (1 - f) * (1 + math.cos(math.pi * min(t, horizon) / horizon)) / 2
+        if self.decay == "linear":
+            return 1 - (1 - f) * min(t, horizon) / horizon
+        return 1.0
+
+
+@dataclass
+class RefResult:
+    logits: list[torch.Tensor]  # per generated token: (B, V) raw logits
+    tokens: torch.Tensor  # (B, steps)
+    kept: dict[int, list[list[int]]]  # cut layer -> sample -> kept visual prompt indices
+    visual_per_step: list[list[list[int]]] = field(default_factory=list)  # step -> layer -> sample
+
+
+def _topk_mask(scores: torch.Tensor, candidates: torch.Tensor, keep: int) -> torch.Tensor:
+    """Mask of the `keep` best candidates; ties go to the earlier position."""
+    out = torch.zeros_like(candidates)
+    idx = candidates.nonzero().flatten().tolist()
+    ranked = sorted(idx, key=lambda j: (-float(scores[j]), j))
+    out[ranked[:keep]] = True
+    return out
+
+
+@torch.no_grad()
+def reference_generate(model, inputs: dict, method: RefMethod, steps: int) -> RefResult:
+    """Greedy generation of `steps` tokens under the masked reference (model must use eager attention)."""
+    assert model.config.text_config._attn_implementation == "eager"
+    lm = model.model.language_model
+    layers = list(lm.layers)
+    n_layers = len(layers)
+    ids, am = inputs["input_ids"], inputs["attention_mask"].bool()
+    bsz, length = ids.shape
+    visual = (ids == model.config.image_token_id) & am
+    visual[:, -1] = False
+    total = visual.sum(1).tolist()
+    cuts = method.cuts(n_layers)
+    present = visual.clone()  # visual tokens still present at the current layer (prefill)
+    per_layer_present: list[torch.Tensor] = []
+    weights: dict[int, torch.Tensor] = {}
+    kept: dict[int, list[list[int]]] = {}
+    phase = {"t": 0}
+    seq_valid = am.clone()  # grows by one column per generated token
+    eviction_scores: list[torch.Tensor] = []
+    initial: list[torch.Tensor] = []
+    dtype = next(model.parameters()).dtype
+    minimum = torch.finfo(dtype).min
+    horizon = method.horizon or steps
+
+    def text_rows(b: int) -> list[int]:
+        vis = visual[b].nonzero().flatten()
+        end = int(vis.max()) if len(vis) else -1
+        return [j for j in range(length) if am[b, j] and not visual[b, j] and j > end]
+
+    def layer_pre(i):
+        def hook(module, args, kwargs):
+            nonlocal present
+            t = phase["t"]
+            if t == 0:
+                if i in cuts:
+                    new = present.clone()
+                    for b in range(bsz):
+                        n_keep = method.keep(int(present[b].sum()), total[b])
+                        if n_keep >= int(present[b].sum()):
+                            continue
+                        if n_keep == 0:
+                            new[b] = False
+                            continue
+                        w = weights[i - 1][b]  # (H, Q, K) eager weights of the previous layer
+                        rows = [length - 1] if method.query == "last" else text_rows(b)
+                        score = w[:, rows, :].mean(0).mean(0)
+                        new[b] = _topk_mask(score, present[b], n_keep)
+                    present = new
+                    kept[i] = [present[b].nonzero().flatten().tolist() for b in range(bsz)]
+                per_layer_present.append(present.clone())
+                hidden = ~visual | present
+                allowed = torch.ones(length, length, dtype=torch.bool).tril()[None] & (am & hidden)[:, None, :]
+                allowed = allowed | torch.eye(length, dtype=torch.bool)[None]
+            else:
+                layer_present = per_layer_present[i]
+                if method.decay != "none":
+                    target = [round(int(initial[i][b]) * method.fraction(t, horizon)) for b in range(bsz)]
+                    for b in range(bsz):
+                        if int(layer_present[b].sum()) > target[b]:
+                            layer_present[b] = _topk_mask(eviction_scores[i][b, :length], layer_present[b], target[b])
+                keys = length + t
+                hidden = torch.cat([~visual | layer_present, torch.ones(bsz, t, dtype=torch.bool)], 1)
+                allowed = (seq_valid[:, :keys] & hidden)[:, None, :]
+            mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, minimum)[:, None]
+            return args, {**kwargs, "attention_mask": mask}
+
+        return hook
+
+    def attn_post(i):
+        def hook(module, args, output):
+            w = output[1]  # eager attention weights (B, H, Q, K)
+            t = phase["t"]
+            if t == 0:
+                weights[i] = w.float()
+                eviction_scores.append(w[:, :, -1, :].float().mean(1))
+            else:
+                grown = torch.zeros(bsz, w.shape[-1])
+                grown[:, : eviction_scores[i].shape[1]] = eviction_scores[i]
+                eviction_scores[i] = grown + w[:, :, 0, :].float().mean(1)
+
+        return hook
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(layer_pre(i), with_kwargs=True))
+        handles.append(layer.self_attn.register_forward_hook(attn_post(i)))
+    try:
+        cache = DynamicCache()
+        positions = (am.long().cumsum(-1) - 1).masked_fill(~am, 1)
+        out = model(**inputs, past_key_values=cache, position_ids=positions, use_cache=True)
+        initial = [p.sum(1) for p in per_layer_present]
+        logits = [out.logits[:, -1].float()]
+        tokens = [logits[-1].argmax(-1)]
+        visual_steps = [[p.sum(1).tolist() for p in per_layer_present]]
+        next_pos = positions[:, -1:] + 1
+        for t in range(1, steps):
+            phase["t"] = t
+            seq_valid = torch.cat([seq_valid, torch.ones(bsz, 1, dtype=torch.bool)], 1)
+            out = model(
+                input_ids=tokens[-1][:, None],
+                attention_mask=seq_valid.long(),
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            next_pos = next_pos + 1
+            logits.append(out.logits[:, -1].float())
+            tokens.append(logits[-1].argmax(-1))
+            visual_steps.append([p.sum(1).tolist() for p in per_layer_present])
+    finally:
+        for h in handles:
+            h.remove()
+    return RefResult(logits=logits, tokens=torch.stack(tokens, 1), kept=kept, visual_per_step=visual_steps)

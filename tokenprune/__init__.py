@@ -1,0 +1,34 @@
+"""tokenprune: training-free visual token pruning for multimodal LLMs (ST3, FastV, VTW)."""
+
+from .api import available_adapters, available_strategies, prune, resolve_strategy
+from .engine import PruningSession
+from .errors import (
+    AlreadyPrunedError,
+    InvalidParameterError,
+    PluginError,
+    TokenpruneError,
+    UnknownStrategyError,
+    UnsupportedInputError,
+    UnsupportedModelError,
+)
+from .hookspecs import hookimpl
+from .interfaces import (
+    AttentionView,
+    CacheDecay,
+    LayerSchedule,
+    ModelAdapter,
+    ScoreProvider,
+    Strategy,
+    StrategyFactory,
+    StrategyParams,
+)
+from .report import Report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "prune", "available_strategies", "available_adapters", "resolve_strategy", "PruningSession", "Report",
+    "Strategy", "StrategyFactory", "StrategyParams", "ScoreProvider", "LayerSchedule", "CacheDecay",
+    "AttentionView", "ModelAdapter", "hookimpl", "TokenpruneError", "UnknownStrategyError",
+    "InvalidParameterError", "UnsupportedModelError", "UnsupportedInputError", "AlreadyPrunedError", "PluginError",
+]

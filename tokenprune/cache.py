@@ -1,0 +1,92 @@
+"""A DynamicCache whose layers may hold different entries, with per-entry metadata.
+
+Each layer records, for every cached entry, its RoPE position, whether it is real (not padding or
+filler) and whether it is a prunable visual token, plus an accumulated attention score for eviction.
+The metadata follows every batch operation transformers applies to a cache (beam reorder, select,
+repeat), so beam search and friends stay correct after entries were removed.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from .errors import UnsupportedInputError
+
+_META = ("positions", "valid", "visual", "scores")
+
+
+class PrunableLayer(DynamicLayer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions = self.valid = self.visual = self.scores = None
+        self.initial_visual = None  # (B,) visual entries right after prefill: n_l(0) of the decay
+        self.pruned = False  # True once this layer's entries differ from the full sequence
+
+    def append_meta(self, positions, valid, visual) -> None:
+        scores = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+        if self.positions is None:
+            self.positions, self.valid, self.visual, self.scores = positions, valid, visual, scores
+        else:
+            self.positions = torch.cat([self.positions, positions], 1)
+            self.valid = torch.cat([self.valid, valid], 1)
+            self.visual = torch.cat([self.visual, visual], 1)
+            self.scores = torch.cat([self.scores, scores], 1)
+
+    def keep_entries(self, index: torch.Tensor, valid: torch.Tensor) -> None:
+        """Keep the entries `index` (B, L') of every sample; `valid` (B, L') marks left filler."""
+        kv_index = index[:, None, :, None]
+        self.keys = self.keys.gather(2, kv_index.expand(-1, self.keys.shape[1], -1, self.keys.shape[3]))
+        self.values = self.values.gather(2, kv_index.expand(-1, self.values.shape[1], -1, self.values.shape[3]))
+        for name in _META:
+            setattr(self, name, getattr(self, name).gather(1, index))
+        self.valid = self.valid & valid
+        self.visual = self.visual & valid
+        self.pruned = True
+
+    def _index_batch(self, fn) -> None:
+        for name in (*_META, "initial_visual"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._index_batch(lambda t: t[indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._index_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def reset(self) -> None:
+        super().reset()
+        self.positions = self.valid = self.visual = self.scores = self.initial_visual = None
+        self.pruned = False
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise UnsupportedInputError(
+            "cropping a pruned KV cache (assisted / speculative decoding) is not supported inside "
+            "tokenprune.prune(); use greedy, sampling or beam search"
+        )
+
+
+class PrunableCache(DynamicCache):
+    """Per-layer prunable cache; `get_seq_length()` counts processed tokens, not entries held."""
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        self.layer_class_to_replicate = None
+        self.layers = [PrunableLayer() for _ in range(num_layers)]
+        self.processed = 0  # tokens seen so far (prompt + generated), independent of evictions
+        self.step = 0  # decode steps done
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.processed
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        # The model's shared mask describes the full logical sequence; pruned layers get their own.
+        return self.processed + query_length, 0

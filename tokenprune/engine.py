@@ -1,0 +1,528 @@
+"""The pruning engine: hooks that remove visual tokens per layer, without touching transformers' code.
+
+Data flow of one `generate()` call:
+
+1. *Entry* (forward pre-hook on the module that still sees `input_ids`): the adapter marks the visual
+   tokens of every sample; a `PrunableCache` replaces the fresh cache; a `_Prefill` state starts with the
+   full layout (every prompt token, in order).
+2. *Prefill, per decoder layer* (forward pre-hook): at a cut layer the schedule says how many visual tokens
+   each sample keeps; they are ranked by the scores computed at the end of the previous layer's attention
+   (forward hook on `self_attn`, queries from a hook on `q_proj`: "QK heredity", no extra attention pass).
+   Removed tokens leave the hidden states, rotary tables, position ids, the layer's mask and therefore
+   that layer's KV cache. Samples keep different counts: each is right-aligned and left-filled with
+   masked-out filler so tensors stay rectangular and the last token stays last.
+3. *Final norm* (pre-hook): removed tokens are put back with the hidden state they had when removed,
+   so outputs keep the prompt's length.
+4. *Decode, per layer*: the decay says how many visual KV entries survive at step t; the lowest-scored
+   (attention received, accumulated over steps) are evicted; layers whose entries differ from the full
+   sequence get their own attention mask built from the cache's per-entry metadata.
+5. *Report*: counts per layer / step are recorded as tensors and turned into FLOPs and KV bytes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig
+from transformers.cache_utils import DynamicCache
+
+from .cache import PrunableCache, PrunableLayer
+from .errors import AlreadyPrunedError, UnsupportedInputError, UnsupportedModelError
+from .interfaces import AttentionView, ModelAdapter, Strategy
+from .report import Report
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class _Layout:
+    """The tokens one prefill layer holds: (B, L') rectangles, each sample right-aligned."""
+
+    source: torch.Tensor  # index of each entry in the prompt
+    valid: torch.Tensor  # real token (not padding, not filler)
+    visual: torch.Tensor  # prunable visual token still present
+    positions: torch.Tensor  # RoPE position id
+
+    def select(self, index: torch.Tensor, keep: torch.Tensor) -> "_Layout":
+        valid = keep.gather(1, index)
+        return _Layout(
+            source=self.source.gather(1, index),
+            valid=valid,
+            visual=self.visual.gather(1, index) & valid,
+            positions=self.positions.gather(1, index),
+        )
+
+
+@dataclass
+class _Prefill:
+    layout: _Layout
+    cache: PrunableCache | None
+    report: Report
+    total_visual: torch.Tensor  # (B,) N_b
+    image_end: torch.Tensor  # (B,) prompt index of the last visual token (-1 without image)
+    backend: str
+    horizon: int | None
+    score_layers: set[int]
+    length: int  # padded prompt length
+    changed: bool = False
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # full-length (cos, sin), then per layout
+    full_rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    mask: torch.Tensor | None = None
+    next_scores: torch.Tensor | None = None
+    restore: torch.Tensor | None = None  # (B, L, D) hidden state of each removed token
+    stash: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Decode:
+    cache: PrunableCache
+    report: Report
+    positions: torch.Tensor  # (B, 1)
+    backend: str
+    score_layers: set[int]
+    stash: dict = field(default_factory=dict)
+
+
+def compact(keep: torch.Tensor) -> torch.Tensor:
+    """Index (B, L') that right-aligns the kept entries of every row, in order, L' = max kept count.
+
+    Rows keeping fewer entries are left-filled with not-kept ones, which callers mark invalid.
+    """
+    length = keep.shape[1]
+    new_length = int(keep.sum(1).max())
+    order = torch.argsort(keep.long() * length + torch.arange(length, device=keep.device), dim=1)
+    return order[:, length - new_length:]
+
+
+def rank_keep(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mask of the `keep[b]` highest-scored candidates of each row (ties: earlier entry first)."""
+    masked = scores.float().masked_fill(~candidates, float("-inf"))
+    order = torch.argsort(masked, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return candidates & (rank < keep[:, None])
+
+
+def layer_mask(allowed: torch.Tensor, backend: str, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, Q, K) mask in the convention of the attention backend (sdpa: bool, eager: additive)."""
+    allowed = allowed[:, None]
+    if backend == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def prefill_mask(valid: torch.Tensor, backend: str, dtype: torch.dtype) -> torch.Tensor:
+    """Causal mask over a layout; filler rows see only themselves so no row is empty."""
+    n = valid.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()
+    eye = torch.eye(n, dtype=torch.bool, device=valid.device)
+    return layer_mask((causal[None] & valid[:, None, :]) | eye[None], backend, dtype)
+
+
+def generation_horizon(prompt_length: int) -> int | None:
+    """max_new_tokens of the enclosing `generate()` call, read (never written) from its frames."""
+    frame = inspect.currentframe()
+    for _ in range(64):
+        frame = frame.f_back if frame is not None else None
+        if frame is None:
+            return None
+        config = frame.f_locals.get("generation_config")
+        if isinstance(config, GenerationConfig):
+            if config.max_new_tokens:
+                return int(config.max_new_tokens)
+            if config.max_length:
+                return max(1, int(config.max_length) - prompt_length)
+    return None
+
+
+def session_of(module: torch.nn.Module) -> "PruningSession | None":
+    """The pruning session whose hooks sit on `module`, if any (no global registry needed)."""
+    for hook in module._forward_pre_hooks.values():
+        owner = getattr(hook, "__self__", None)
+        if isinstance(owner, PruningSession):
+            return owner
+    return None
+
+
+class PruningSession:
+    """One `tp.prune(...)` context: hooks on one model, per-call state, and the reports it produced."""
+
+    def __init__(self, model: torch.nn.Module, adapter: ModelAdapter, strategy: Strategy) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.strategy = strategy
+        self.parts = adapter.parts(model)
+        self.num_layers = len(self.parts.layers)
+        strategy.check(self.num_layers)
+        self.cut_layers = strategy.schedule.cut_layers(self.num_layers)
+        self.reports: list[Report] = []
+        self._handles: list = []
+        self._forward: _Prefill | _Decode | None = None
+        self._logit_phase: str | None = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    @property
+    def report(self) -> Report:
+        """Report of the latest prefill+generation in this context (empty before any)."""
+        return self.reports[-1] if self.reports else Report.empty(self.strategy.describe())
+
+    def _backend(self) -> str:
+        backend = getattr(self.parts.text_config, "_attn_implementation", None) or "eager"
+        if backend not in SUPPORTED_ATTENTION:
+            raise UnsupportedModelError(
+                f"attention backend '{backend}' is not supported; load the model with "
+                f"attn_implementation in {SUPPORTED_ATTENTION}"
+            )
+        return backend
+
+    def __enter__(self) -> "PruningSession":
+        other = session_of(self.parts.entry)
+        if other is not None:
+            raise AlreadyPrunedError(
+                f"this {type(self.model).__name__} is already inside tokenprune.prune(... '{other.strategy.name}'); "
+                "leave that context before pruning it again"
+            )
+        self._backend()
+        try:
+            self._install()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+        self._forward = None
+
+    def _install(self) -> None:
+        add = self._handles.append
+        add(self.parts.entry.register_forward_pre_hook(self._on_entry, with_kwargs=True))
+        add(self.parts.entry.register_forward_hook(self._after_entry, with_kwargs=True))
+        for i, layer in enumerate(self.parts.layers):
+            attention = self.parts.attention(layer)
+            add(layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
+            add(attention.q_proj.register_forward_hook(self._stash_hook(i, "q")))
+            add(attention.k_proj.register_forward_hook(self._stash_hook(i, "k")))
+            add(attention.register_forward_hook(self._attention_hook(i), with_kwargs=True))
+        add(self.parts.norm.register_forward_pre_hook(self._on_norm))
+        add(self.parts.lm_head.register_forward_hook(self._on_logits))
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # ------------------------------------------------------------------------------------------ entry
+    def _on_entry(self, module, args, kwargs):
+        self._forward = None
+        self._logit_phase = None
+        if args:  # the entry module's first positional argument is input_ids
+            kwargs = {**kwargs, "input_ids": args[0]}
+            args = ()
+        cache = kwargs.get("past_key_values")
+        if isinstance(cache, PrunableCache) and cache.processed > 0:
+            return self._start_decode(cache, kwargs)
+        visual = self.adapter.visual_mask(self.model, kwargs)
+        if cache is not None and cache.get_seq_length() > 0:
+            if visual is not None:
+                raise UnsupportedInputError(
+                    "an image prompt continuing a KV cache that was not filled inside this tokenprune.prune() "
+                    "context is not supported; start generation from an empty cache"
+                )
+            return None
+        if visual is None:
+            return None  # text-only input: pass through untouched
+        return args, self._start_prefill(visual, cache, kwargs)
+
+    def _start_prefill(self, visual: torch.Tensor, cache, kwargs: dict) -> dict:
+        bsz, length = visual.shape
+        device = visual.device
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is None:
+            valid = torch.ones(bsz, length, dtype=torch.bool, device=device)
+        elif attention_mask.dim() != 2:
+            raise UnsupportedInputError(
+                f"a {attention_mask.dim()}D attention_mask is not supported; pass the 2D (batch, length) padding mask"
+            )
+        else:
+            valid = attention_mask.to(device).bool()
+        if bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+            raise UnsupportedInputError(
+                "right-padded batch: tokenprune needs left padding (set tokenizer/processor padding_side='left')"
+            )
+        if not bool(valid[:, -1].all()):
+            raise UnsupportedInputError("a sample whose last token is padding is not supported (use left padding)")
+        visual = visual & valid
+        visual[:, -1] = False  # the last prompt token produces the next token: never removed
+        positions = kwargs.get("position_ids")
+        if positions is None:  # what the language model itself would use
+            positions = torch.arange(length, device=device)[None]
+        positions = positions.to(device).expand(bsz, -1)
+        use_cache = kwargs.get("use_cache")
+        if use_cache is None:
+            use_cache = getattr(self.parts.text_config, "use_cache", True)
+        if use_cache:
+            if cache is None or (type(cache) is DynamicCache and cache.get_seq_length() == 0):
+                cache = PrunableCache(self.num_layers)
+            elif not isinstance(cache, PrunableCache):
+                raise UnsupportedInputError(
+                    f"{type(cache).__name__} cannot hold per-layer pruned entries; use the default dynamic cache"
+                )
+            kwargs = {**kwargs, "past_key_values": cache}
+        else:
+            cache = None
+        decay = self.strategy.decay
+        horizon = None
+        if decay.active and cache is not None:
+            horizon = decay.horizon or generation_horizon(length)
+            if horizon is None:
+                raise UnsupportedInputError(
+                    f"strategy '{self.strategy.name}' decays the visual KV cache over a horizon; outside "
+                    "generate() pass horizon=<decode steps> to tokenprune.prune()"
+                )
+        index = torch.arange(length, device=device).expand(bsz, -1)
+        image_end = torch.where(visual, index, torch.full_like(index, -1)).max(1).values
+        report = Report.start(
+            strategy=self.strategy.describe(),
+            parts=self.parts,
+            valid=valid,
+            visual=visual,
+            dtype=self._kv_dtype(),
+            horizon=horizon,
+        )
+        self.reports.append(report)
+        score_layers = {c - 1 for c in self.cut_layers if c >= 1} if self.strategy.score is not None else set()
+        if decay.active and cache is not None:
+            score_layers = set(range(self.num_layers))
+        self._forward = _Prefill(
+            layout=_Layout(source=index, valid=valid, visual=visual, positions=positions),
+            cache=cache,
+            report=report,
+            total_visual=visual.sum(1),
+            image_end=image_end,
+            backend=self._backend(),
+            horizon=horizon,
+            score_layers=score_layers,
+            length=length,
+        )
+        return kwargs
+
+    def _kv_dtype(self) -> torch.dtype:
+        return self.parts.layers[0].self_attn.k_proj.weight.dtype
+
+    def _start_decode(self, cache: PrunableCache, kwargs: dict):
+        tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        if tokens.shape[1] != 1:
+            raise UnsupportedInputError(
+                f"a {tokens.shape[1]}-token forward continuing a pruned cache is not supported "
+                "(multi-turn continuation / assisted decoding); decode one token per step"
+            )
+        if not self.reports:
+            raise UnsupportedInputError("this pruned cache was filled in another tokenprune.prune() context")
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            positions = torch.full((tokens.shape[0], 1), cache.processed, device=tokens.device)
+        cache.step += 1
+        decay_layers = set(range(self.num_layers)) if self.strategy.decay.active else set()
+        self._forward = _Decode(
+            cache=cache,
+            report=self.reports[-1],
+            positions=positions.expand(tokens.shape[0], -1),
+            backend=self._backend(),
+            score_layers=decay_layers,
+        )
+        return None
+
+    def _after_entry(self, module, args, kwargs, output):
+        f = self._forward
+        if f is None:
+            return None
+        if f.cache is not None:
+            if isinstance(f, _Prefill):
+                f.cache.processed += f.length
+                f.cache.step = 0
+                for layer in f.cache.layers:
+                    layer.initial_visual = layer.visual.sum(1)
+            else:
+                f.cache.processed += 1
+            f.report.record_cache(f.cache)
+        self._logit_phase = "prefill" if isinstance(f, _Prefill) else "decode"
+        self._forward = None
+        return None
+
+    # ------------------------------------------------------------------------------------------ layers
+    def _layer_hook(self, i: int):
+        def hook(module, args, kwargs):
+            f = self._forward
+            if f is None:
+                return None
+            if isinstance(f, _Prefill):
+                return self._prefill_layer(i, f, args, kwargs)
+            return self._decode_layer(i, f, args, kwargs)
+
+        return hook
+
+    def _prefill_layer(self, i: int, f: _Prefill, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if f.full_rope is None:
+            cos, sin = kwargs["position_embeddings"]
+            bsz = hidden.shape[0]
+            f.full_rope = (cos.expand(bsz, -1, -1), sin.expand(bsz, -1, -1))
+        if i in self.cut_layers:
+            present = f.layout.visual.sum(1)
+            keep = self.strategy.schedule.keep(i, present, f.total_visual).clamp(min=0)
+            keep = torch.minimum(keep, present)
+            if bool((keep < present).any()):
+                hidden = self._cut(i, f, hidden, present, keep)
+        f.report.record_prefill_layer(i, f.layout.valid.sum(1), f.layout.visual.sum(1))
+        if f.cache is not None:
+            layer: PrunableLayer = f.cache.layers[i]
+            layer.append_meta(f.layout.positions, f.layout.valid, f.layout.visual)
+            layer.pruned = f.changed
+        if not f.changed:
+            return None
+        kwargs = {**kwargs, "attention_mask": f.mask, "position_ids": f.layout.positions, "position_embeddings": f.rope}
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def _cut(self, i: int, f: _Prefill, hidden: torch.Tensor, present: torch.Tensor, keep: torch.Tensor):
+        lay = f.layout
+        partial = (keep > 0) & (keep < present)
+        if bool(partial.any()):
+            if f.next_scores is None:
+                raise UnsupportedModelError(f"layer {i} must rank visual tokens but no scores were computed at layer {i - 1}")
+            kept_visual = rank_keep(f.next_scores, lay.visual, keep)
+        else:  # every sample keeps all or none: no ranking needed
+            kept_visual = lay.visual & (keep > 0)[:, None]
+        f.next_scores = None
+        keep_mask = (lay.valid & ~lay.visual) | kept_visual
+        if f.restore is None:
+            f.restore = hidden.new_zeros(hidden.shape[0], f.length, hidden.shape[-1])
+        dropped = (lay.valid & ~keep_mask).nonzero(as_tuple=True)
+        f.restore[dropped[0], lay.source[dropped]] = hidden[dropped]
+        index = compact(keep_mask)
+        f.layout = lay.select(index, keep_mask)
+        f.changed = True
+        hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+        src = f.layout.source[..., None]
+        cos, sin = f.full_rope
+        f.rope = (cos.gather(1, src.expand(-1, -1, cos.shape[-1])), sin.gather(1, src.expand(-1, -1, sin.shape[-1])))
+        f.mask = prefill_mask(f.layout.valid, f.backend, hidden.dtype)
+        f.report.record_cut(i, f.layout.source, f.layout.visual)
+        return hidden
+
+    def _decode_layer(self, i: int, f: _Decode, args, kwargs):
+        layer: PrunableLayer = f.cache.layers[i]
+        decay = self.strategy.decay
+        if decay.active:
+            target = decay.keep(f.cache.step, f.report.horizon, layer.initial_visual)
+            current = layer.visual.sum(1)
+            if bool((target < current).any()):
+                evict = rank_keep(layer.scores, layer.visual, target)
+                keep_mask = (layer.valid & ~layer.visual) | evict
+                index = compact(keep_mask)
+                layer.keep_entries(index, keep_mask.gather(1, index))
+        bsz = f.positions.shape[0]
+        ones = torch.ones(bsz, 1, dtype=torch.bool, device=f.positions.device)
+        layer.append_meta(f.positions, ones, ~ones)
+        if not layer.pruned:
+            return None
+        mask = None if bool(layer.valid.all()) else layer_mask(layer.valid[:, None, :], f.backend, self._hidden_dtype(args, kwargs))
+        return args, {**kwargs, "attention_mask": mask}
+
+    @staticmethod
+    def _hidden_dtype(args, kwargs) -> torch.dtype:
+        return (args[0] if args else kwargs["hidden_states"]).dtype
+
+    # ------------------------------------------------------------------------------------------ scores
+    def _stash_hook(self, i: int, kind: str):
+        def hook(module, args, output):
+            f = self._forward
+            if f is not None and i in f.score_layers and (kind == "q" or f.cache is None):
+                f.stash[kind] = output
+
+        return hook
+
+    def _attention_hook(self, i: int):
+        def hook(module, args, kwargs, output):
+            f = self._forward
+            if f is None or i not in f.score_layers:
+                return None
+            cos, sin = kwargs["position_embeddings"]
+            if isinstance(f, _Prefill):
+                self._prefill_scores(i, f, module, cos, sin)
+            else:
+                self._decode_scores(i, f, module, cos, sin)
+            f.stash.clear()
+            return None
+
+        return hook
+
+    def _view(self, i, f, module, keys, cos, sin, key_valid, key_visual, text_after_image) -> AttentionView:
+        return AttentionView(
+            layer=i,
+            raw_queries=f.stash["q"],
+            keys=keys,
+            cos=cos,
+            sin=sin,
+            key_valid=key_valid,
+            key_visual=key_visual,
+            query_text_after_image=text_after_image,
+            num_heads=self.parts.num_heads,
+            head_dim=self.parts.head_dim,
+            scaling=module.scaling,
+            rotary=self.parts.rotary,
+        )
+
+    def _prefill_scores(self, i: int, f: _Prefill, module, cos, sin) -> None:
+        lay = f.layout
+        if f.cache is not None:
+            keys = f.cache.layers[i].keys
+        else:
+            raw = f.stash["k"]
+            keys = raw.view(*raw.shape[:2], -1, self.parts.head_dim).transpose(1, 2)
+            _, keys = self.parts.rotary(keys, keys, cos, sin)
+        text_after = lay.valid & ~lay.visual & (lay.source > f.image_end[:, None])
+        view = self._view(i, f, module, keys, cos, sin, lay.valid, lay.visual, text_after)
+        nxt = i + 1
+        if nxt in self.cut_layers and self.strategy.score is not None:
+            present = lay.visual.sum(1)
+            keep = self.strategy.schedule.keep(nxt, present, f.total_visual)
+            if bool(((keep > 0) & (keep < present)).any()):
+                f.next_scores = self.strategy.score.score(view)
+        if f.cache is not None and self.strategy.decay.active:
+            # Seed the eviction score with the last prompt token's attention at this layer.
+            f.cache.layers[i].scores = self._last_query_attention(view)
+        f.report.scoring_flops["prefill"] += view.flops
+
+    @staticmethod
+    def _last_query_attention(view: AttentionView) -> torch.Tensor:
+        bsz, q_len = view.raw_queries.shape[:2]
+        rows = torch.full((bsz, 1), q_len - 1, dtype=torch.long, device=view.keys.device)
+        return view.attention(rows).mean(dim=1)[:, 0]
+
+    def _decode_scores(self, i: int, f: _Decode, module, cos, sin) -> None:
+        layer: PrunableLayer = f.cache.layers[i]
+        no_text = torch.zeros_like(f.positions, dtype=torch.bool)
+        view = self._view(i, f, module, layer.keys, cos, sin, layer.valid, layer.visual, no_text)
+        layer.scores = layer.scores + self._last_query_attention(view)
+        f.report.scoring_flops["decode"] += view.flops
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def _on_norm(self, module, args):
+        f = self._forward
+        if not isinstance(f, _Prefill) or not f.changed:
+            return None
+        hidden = args[0]
+        rows, cols = f.layout.valid.nonzero(as_tuple=True)
+        restored = f.restore.to(hidden.dtype).clone()
+        restored[rows, f.layout.source[rows, cols]] = hidden[rows, cols]
+        return (restored, *args[1:])
+
+    def _on_logits(self, module, args, output):
+        # lm_head runs after the entry module returned: count rows only for forwards this session handled.
+        if self._logit_phase is not None:
+            self.reports[-1].logit_rows[self._logit_phase] += output.shape[:-1].numel()
+            self._logit_phase = None

@@ -1,0 +1,214 @@
+"""The three pluggable parts of a pruning method, and the adapter contract.
+
+A `Strategy` composes:
+- a `ScoreProvider`: how important each visual token is, read from one attention layer;
+- a `LayerSchedule`: during prefill, how many visual tokens each layer keeps (kept sets are nested);
+- a `CacheDecay`: during decoding, which fraction of a layer's visual KV entries survives at step t.
+
+Tensors follow the engine's per-layer *layout*: a rectangular (batch, length) arrangement of the tokens a
+layer still holds, each sample right-aligned and left-filled with masked-out filler, so the last token of
+every sample stays last.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class StrategyParams(BaseModel):
+    """Base of every strategy's parameter model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- scores
+@dataclass
+class AttentionView:
+    """What a ScoreProvider may look at in one attention layer, computed lazily on request.
+
+    `queries` are the layer's projected queries (before RoPE) for the `Lq` tokens of this forward;
+    `keys` are the layer's keys after RoPE for its `Lk` entries (cache plus this forward). The query in
+    row r sits at key index `r + Lk - Lq` (the cache holds only earlier tokens).
+    """
+
+    layer: int
+    raw_queries: torch.Tensor  # (B, Lq, H*Dh), output of q_proj
+    keys: torch.Tensor  # (B, Hkv, Lk, Dh), after RoPE
+    cos: torch.Tensor  # (B, Lq, Dh) rotary tables of the queries
+    sin: torch.Tensor
+    key_valid: torch.Tensor  # (B, Lk) bool: real entries (not padding / filler)
+    key_visual: torch.Tensor  # (B, Lk) bool: prunable visual entries
+    query_text_after_image: torch.Tensor  # (B, Lq) bool: text tokens after the sample's last visual token
+    num_heads: int
+    head_dim: int
+    scaling: float
+    rotary: Callable  # apply_rotary_pos_emb(q, k, cos, sin) of the backbone
+    flops: int = 0  # multiply-adds x2 spent in attention() so far, for honest accounting
+
+    def attention(self, rows: torch.Tensor) -> torch.Tensor:
+        """Softmax attention (float32, (B, H, Q, Lk)) of the query rows `rows` (B, Q) to every key.
+
+        Masked exactly like the model's own attention (validity + causality), so its top-k equals the
+        top-k of eager `output_attentions` without ever materialising the full attention matrix.
+        """
+        bsz, q_len = self.raw_queries.shape[:2]
+        lk = self.keys.shape[2]
+        idx = rows.unsqueeze(-1)
+        q = self.raw_queries.gather(1, idx.expand(-1, -1, self.raw_queries.shape[-1]))
+        q = q.view(bsz, rows.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+        cos = self.cos.expand(bsz, -1, -1).gather(1, idx.expand(-1, -1, self.cos.shape[-1]))
+        sin = self.sin.expand(bsz, -1, -1).gather(1, idx.expand(-1, -1, self.sin.shape[-1]))
+        q, _ = self.rotary(q, q, cos, sin)
+        groups = self.num_heads // self.keys.shape[1]
+        keys = self.keys.repeat_interleave(groups, dim=1) if groups > 1 else self.keys
+        logits = torch.matmul(q.float(), keys.float().transpose(-1, -2)) * self.scaling
+        self.flops += 2 * bsz * self.num_heads * rows.shape[1] * lk * self.head_dim
+        key_pos = torch.arange(lk, device=rows.device)
+        query_pos = rows + (lk - q_len)
+        allowed = self.key_valid[:, None, :] & (key_pos[None, None, :] <= query_pos[:, :, None])
+        logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+        return torch.softmax(logits, dim=-1)
+
+
+class ScoreProvider(ABC):
+    """Gives each entry of a layer an importance score; the engine ranks only the visual ones."""
+
+    name: str = "score"
+
+    @abstractmethod
+    def score(self, view: AttentionView) -> torch.Tensor:
+        """Return (B, Lk) scores, higher = more important."""
+
+
+# --------------------------------------------------------------------------------------------- schedules
+class LayerSchedule(ABC):
+    """During prefill, how many visual tokens each layer keeps."""
+
+    @abstractmethod
+    def cut_layers(self, num_layers: int) -> list[int]:
+        """Layers at whose input the visual set may shrink, ascending."""
+
+    @abstractmethod
+    def keep(self, layer: int, present: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """Visual tokens to keep per sample at cut layer `layer`.
+
+        `present` (B,) visual tokens still held before the cut, `total` (B,) the sample's visual count N_b.
+        Must return values in [0, present].
+        """
+
+    def check(self, num_layers: int) -> None:
+        """Raise InvalidParameterError when the schedule does not fit a model with `num_layers` layers."""
+
+
+# --------------------------------------------------------------------------------------------- decay
+class CacheDecay(ABC):
+    """During decoding, the fraction of a layer's post-prefill visual KV entries kept at step t."""
+
+    #: False for decays that never evict: the engine then skips decode-time scoring entirely.
+    active: bool = True
+    #: steps over which to decay; None = the generate call's max_new_tokens.
+    horizon: int | None = None
+
+    @abstractmethod
+    def fraction(self, step: int, horizon: int) -> float:
+        """Fraction in [0, 1] of n_l(0) kept at decode step `step` (step 0 = right after prefill)."""
+
+    def keep(self, step: int, horizon: int, initial: torch.Tensor) -> torch.Tensor:
+        """n_l(t) = round(n_l(0) * fraction(t)), per sample."""
+        return torch.round(initial.double() * self.fraction(step, horizon)).long()
+
+
+# --------------------------------------------------------------------------------------------- strategy
+@dataclass(frozen=True)
+class Strategy:
+    """A pruning method: its validated parameters and the three parts they configure."""
+
+    name: str
+    params: StrategyParams
+    schedule: LayerSchedule
+    decay: CacheDecay
+    score: ScoreProvider | None = None  # ranks tokens at prefill cuts; None when cuts keep all or nothing
+
+    def check(self, num_layers: int) -> None:
+        self.schedule.check(num_layers)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **self.params.model_dump()}
+
+
+# --------------------------------------------------------------------------------------------- adapters
+@dataclass
+class ModelParts:
+    """The modules and shapes of one model that the engine works with."""
+
+    entry: torch.nn.Module  # sees input_ids / attention_mask / cache before the image features are merged
+    language_model: torch.nn.Module
+    layers: list[torch.nn.Module]
+    norm: torch.nn.Module  # final norm: where removed tokens are put back so outputs keep their length
+    lm_head: torch.nn.Module
+    text_config: object
+    rotary: Callable
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    extra: dict = field(default_factory=dict)
+
+    def attention(self, layer: torch.nn.Module) -> torch.nn.Module:
+        return layer.self_attn
+
+
+class ModelAdapter(ABC):
+    """Knows one model family: how to find its parts and where its visual tokens are."""
+
+    name: str
+    #: class names this adapter serves, for error messages
+    model_classes: tuple[str, ...] = ()
+
+    @abstractmethod
+    def matches(self, model: torch.nn.Module) -> bool: ...
+
+    @abstractmethod
+    def parts(self, model: torch.nn.Module) -> ModelParts:
+        """Return the model's parts; raise UnsupportedModelError for a layout the engine cannot serve."""
+
+    @abstractmethod
+    def visual_mask(self, model: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:
+        """(B, L) bool mask of visual tokens from the entry module's inputs, None when there are none."""
+
+
+@dataclass(frozen=True)
+class StrategyFactory:
+    """A named, registrable way to build a Strategy from validated parameters."""
+
+    name: str
+    params: type[StrategyParams]
+    build: Callable[[StrategyParams], Strategy]
+    description: str = ""
+
+    def __call__(self, **params) -> Strategy:
+        from pydantic import ValidationError
+
+        from .errors import InvalidParameterError
+
+        try:
+            validated = self.params(**params)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                field_name = ".".join(str(p) for p in err["loc"]) or "(parameters)"
+                given = f"={err['input']!r}" if "input" in err and err["type"] != "missing" else ""
+                problems.append(f"{field_name}{given}: {err['msg']}")
+            allowed = ", ".join(self.params.model_fields)
+            raise InvalidParameterError(
+                f"invalid parameters for strategy '{self.name}': " + "; ".join(problems)
+                + f" (parameters of '{self.name}': {allowed})"
+            ) from None
+        return self.build(validated)

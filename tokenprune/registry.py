@@ -1,0 +1,69 @@
+"""Plugin discovery: every strategy and adapter comes from a pluggy plugin of the `tokenprune` group."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, UnknownStrategyError, UnsupportedModelError
+from .interfaces import ModelAdapter, StrategyFactory
+
+# Registered exactly as their entry points in pyproject.toml say; used directly only when tokenprune runs
+# from a source tree that was never installed (so its entry points do not exist).
+BUILTIN_PLUGINS = {"builtin_strategies": "tokenprune.strategies", "llava": "tokenprune.adapters.llava"}
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """A fresh manager with every installed plugin loaded (cheap; no process-wide registry is kept)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    try:
+        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    except Exception as exc:  # one broken plugin must not hide the others' names in the message
+        raise PluginError(f"loading a '{hookspecs.PROJECT}' entry-point plugin failed: {exc!r}") from exc
+    for name, module in BUILTIN_PLUGINS.items():
+        if pm.get_plugin(name) is None:
+            pm.register(importlib.import_module(module), name=name)
+    return pm
+
+
+def strategies(pm: pluggy.PluginManager | None = None) -> dict[str, StrategyFactory]:
+    pm = pm or plugin_manager()
+    found: dict[str, StrategyFactory] = {}
+    for factories in pm.hook.tokenprune_strategies():
+        for factory in factories:
+            if not isinstance(factory, StrategyFactory):
+                raise PluginError(f"a plugin registered {factory!r} as a strategy; expected a StrategyFactory")
+            if factory.name in found and found[factory.name] is not factory:
+                warnings.warn(f"strategy '{factory.name}' is registered twice; keeping the first", stacklevel=2)
+                continue
+            found[factory.name] = factory
+    return found
+
+
+def adapters(pm: pluggy.PluginManager | None = None) -> list[ModelAdapter]:
+    pm = pm or plugin_manager()
+    return [adapter for group in pm.hook.tokenprune_adapters() for adapter in group]
+
+
+def strategy_factory(name: str) -> StrategyFactory:
+    available = strategies()
+    if name not in available:
+        raise UnknownStrategyError(
+            f"unknown strategy '{name}'; available strategies: {', '.join(sorted(available))}"
+        )
+    return available[name]
+
+
+def adapter_for(model) -> ModelAdapter:
+    known = adapters()
+    for adapter in known:
+        if adapter.matches(model):
+            return adapter
+    supported = sorted({cls for adapter in known for cls in adapter.model_classes})
+    raise UnsupportedModelError(
+        f"no tokenprune adapter supports {type(model).__name__}; supported model classes: {', '.join(supported)}"
+    )

@@ -1,0 +1,221 @@
+"""What a pruned run kept, and what that saves: token counts, FLOPs and KV bytes vs the unpruned baseline.
+
+Counts are recorded as tensors while the model runs (no host sync per layer) and turned into lists
+when read. FLOPs count the language model only (the vision tower is not pruned) and only real tokens
+(padding and filler are excluded from baseline and pruned alike). Per decoder layer and sample with n
+tokens computed and, when decoding, kv cached entries attended:
+  linear = 2 n (D*H*Dh [q] + 2*D*Hkv*Dh [k, v] + H*Dh*D [o] + 3*D*F [SwiGLU])
+  attention = 4 H Dh * n(n+1)/2 in prefill (causal QK^T and AV), 4 H Dh * kv per decode token
+plus 2*D*V per logit row of lm_head, plus the attention rows tokenprune computes for scoring.
+The FastV paper's formula 4nd^2 + 2n^2 d + 2ndm per layer is given for prefill, for comparison with tables.
+KV bytes: `total` is what the cache tensors hold (padding and filler included), `visual` the entries of
+visual tokens; both per step from 0 (right after prefill), peak and mean over the generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+def _ratio(value: float, baseline: float) -> float:
+    return value / baseline if baseline else 1.0
+
+
+@dataclass
+class Report:
+    strategy: dict
+    arch: dict = field(default_factory=dict)
+    prompt_tokens: list[int] = field(default_factory=list)  # real tokens per sample
+    visual_tokens: list[int] = field(default_factory=list)  # N_b per sample
+    padded_length: int = 0
+    horizon: int | None = None
+    kv_dtype_bytes: int = 0
+    logit_rows: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
+    scoring_flops: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
+    kept_visual_positions: dict = field(default_factory=dict)  # cut layer -> sample -> prompt indices
+    _prefill_tokens: dict = field(default_factory=dict)  # layer -> (B,) tensor
+    _prefill_visual: dict = field(default_factory=dict)
+    _steps: list = field(default_factory=list)  # per step: (visual (Lyr,B), entries (Lyr,B), physical (Lyr,))
+    _cuts: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------ recording
+    @classmethod
+    def empty(cls, strategy: dict) -> "Report":
+        return cls(strategy=strategy)
+
+    @classmethod
+    def start(cls, strategy: dict, parts, valid: torch.Tensor, visual: torch.Tensor, dtype, horizon) -> "Report":
+        arch = {
+            "layers": len(parts.layers),
+            "hidden_size": parts.hidden_size,
+            "intermediate_size": parts.intermediate_size,
+            "num_heads": parts.num_heads,
+            "num_kv_heads": parts.num_kv_heads,
+            "head_dim": parts.head_dim,
+            "vocab_size": parts.vocab_size,
+        }
+        return cls(
+            strategy=strategy,
+            arch=arch,
+            prompt_tokens=valid.sum(1).tolist(),
+            visual_tokens=visual.sum(1).tolist(),
+            padded_length=valid.shape[1],
+            horizon=horizon,
+            kv_dtype_bytes=torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 1,
+        )
+
+    def record_prefill_layer(self, layer: int, tokens: torch.Tensor, visual: torch.Tensor) -> None:
+        self._prefill_tokens[layer] = tokens
+        self._prefill_visual[layer] = visual
+
+    def record_cut(self, layer: int, source: torch.Tensor, visual: torch.Tensor) -> None:
+        self._cuts[layer] = (source, visual)
+
+    def record_cache(self, cache) -> None:
+        layers = cache.layers
+        self._steps.append(
+            (
+                torch.stack([l.visual.sum(1) for l in layers]),
+                torch.stack([l.valid.sum(1) for l in layers]),
+                torch.tensor([l.keys.shape[2] for l in layers]),
+            )
+        )
+
+    # ------------------------------------------------------------------------------------ counts
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompt_tokens)
+
+    @property
+    def prefill_visual_tokens(self) -> list[list[int]]:
+        """[layer][sample] visual tokens present in each prefill layer."""
+        return [self._prefill_visual[i].tolist() for i in sorted(self._prefill_visual)]
+
+    @property
+    def prefill_tokens(self) -> list[list[int]]:
+        """[layer][sample] real tokens computed by each prefill layer."""
+        return [self._prefill_tokens[i].tolist() for i in sorted(self._prefill_tokens)]
+
+    @property
+    def kept_visual(self) -> dict[int, list[list[int]]]:
+        """cut layer -> [sample] -> prompt indices of the visual tokens kept from that layer on."""
+        out = {}
+        for layer, (source, visual) in sorted(self._cuts.items()):
+            out[layer] = [src[vis].tolist() for src, vis in zip(source, visual)]
+        return out
+
+    @property
+    def decode_steps(self) -> int:
+        return max(0, len(self._steps) - 1)
+
+    @property
+    def visual_cache_entries(self) -> list[list[list[int]]]:
+        """[step][layer][sample] visual KV entries, step 0 = right after prefill."""
+        return [vis.tolist() for vis, _, _ in self._steps]
+
+    @property
+    def cache_entries_per_step(self) -> list[list[list[int]]]:
+        """[step][layer][sample] real KV entries (text + generated + visual) attended at each step."""
+        return [ent.tolist() for _, ent, _ in self._steps]
+
+    @property
+    def cache_entries(self) -> list[list[int]]:
+        """[layer][sample] real KV entries held at the end."""
+        return self._steps[-1][1].tolist() if self._steps else []
+
+    # ------------------------------------------------------------------------------------ FLOPs
+    def _linear_per_token(self) -> int:
+        a = self.arch
+        d, h, kv, dh, f = a["hidden_size"], a["num_heads"], a["num_kv_heads"], a["head_dim"], a["intermediate_size"]
+        return 2 * (d * h * dh + 2 * d * kv * dh + h * dh * d + 3 * d * f)
+
+    def _prefill_layer_flops(self, n: int) -> int:
+        a = self.arch
+        return n * self._linear_per_token() + 4 * a["num_heads"] * a["head_dim"] * n * (n + 1) // 2
+
+    def _fastv_formula(self, n: int) -> int:
+        d, m = self.arch["hidden_size"], self.arch["intermediate_size"]
+        return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+
+    def flops(self) -> dict:
+        if not self.arch:
+            return {}
+        a = self.arch
+        lm_head = 2 * a["hidden_size"] * a["vocab_size"]
+        layers = self.prefill_tokens
+        prefill = sum(self._prefill_layer_flops(n) for per_layer in layers for n in per_layer)
+        prefill += self.logit_rows["prefill"] * lm_head + self.scoring_flops["prefill"]
+        baseline_prefill = a["layers"] * sum(self._prefill_layer_flops(n) for n in self.prompt_tokens)
+        baseline_prefill += self.logit_rows["prefill"] * lm_head
+        attn = 4 * a["num_heads"] * a["head_dim"]
+        linear = self._linear_per_token()
+        decode = baseline_decode = 0
+        for t, entries in enumerate(self.cache_entries_per_step[1:], start=1):
+            for per_layer in entries:
+                decode += sum(linear + attn * kv for kv in per_layer)
+            baseline_decode += a["layers"] * sum(linear + attn * (p + t) for p in self.prompt_tokens)
+        decode += self.logit_rows["decode"] * lm_head + self.scoring_flops["decode"]
+        baseline_decode += self.logit_rows["decode"] * lm_head
+        fastv = sum(self._fastv_formula(n) for per_layer in layers for n in per_layer)
+        fastv_base = a["layers"] * sum(self._fastv_formula(n) for n in self.prompt_tokens)
+        return {
+            "prefill": prefill,
+            "decode": decode,
+            "baseline_prefill": baseline_prefill,
+            "baseline_decode": baseline_decode,
+            "prefill_ratio": _ratio(prefill, baseline_prefill),
+            "decode_ratio": _ratio(decode, baseline_decode),
+            "total_ratio": _ratio(prefill + decode, baseline_prefill + baseline_decode),
+            "scoring_prefill": self.scoring_flops["prefill"],
+            "scoring_decode": self.scoring_flops["decode"],
+            "fastv_formula": {"prefill": fastv, "baseline_prefill": fastv_base, "prefill_ratio": _ratio(fastv, fastv_base)},
+        }
+
+    # ------------------------------------------------------------------------------------ KV bytes
+    def kv_bytes(self) -> dict:
+        if not self._steps:
+            return {}
+        a = self.arch
+        per_entry = 2 * a["num_kv_heads"] * a["head_dim"] * self.kv_dtype_bytes
+        bsz = self.batch_size
+        total, visual, base_total, base_visual = [], [], [], []
+        for t, (vis, _, physical) in enumerate(self._steps):
+            total.append(int(physical.sum()) * bsz * per_entry)
+            visual.append(int(vis.sum()) * per_entry)
+            base_total.append(a["layers"] * bsz * (self.padded_length + t) * per_entry)
+            base_visual.append(a["layers"] * sum(self.visual_tokens) * per_entry)
+
+        def summary(values, baseline):
+            peak, mean = max(values), sum(values) / len(values)
+            base_peak, base_mean = max(baseline), sum(baseline) / len(baseline)
+            return {
+                "peak": peak,
+                "mean": mean,
+                "baseline_peak": base_peak,
+                "baseline_mean": base_mean,
+                "peak_ratio": _ratio(peak, base_peak),
+                "mean_ratio": _ratio(mean, base_mean),
+                "per_step": values,
+            }
+
+        return {"total": summary(total, base_total), "visual": summary(visual, base_visual)}
+
+    # ------------------------------------------------------------------------------------ export
+    def to_dict(self) -> dict:
+        return {
+            "strategy": self.strategy,
+            "batch_size": self.batch_size,
+            "prompt_tokens": self.prompt_tokens,
+            "visual_tokens": self.visual_tokens,
+            "horizon": self.horizon,
+            "decode_steps": self.decode_steps,
+            "prefill_visual_tokens": self.prefill_visual_tokens,
+            "prefill_tokens": self.prefill_tokens,
+            "kept_visual_positions": {str(k): v for k, v in self.kept_visual.items()},
+            "cache_entries": self.cache_entries,
+            "visual_cache_entries": self.visual_cache_entries,
+            "flops": self.flops(),
+            "kv_bytes": self.kv_bytes(),
+        }
