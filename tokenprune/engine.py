@@ -276,11 +276,6 @@ class PruningSession:
         horizon = None
         if decay.active and cache is not None:
             horizon = decay.horizon or generation_horizon(length)
-            if horizon is None:
-                raise UnsupportedInputError(
-                    f"strategy '{self.strategy.name}' decays the visual KV cache over a horizon; outside "
-                    "generate() pass horizon=<decode steps> to tokenprune.prune()"
-                )
         index = torch.arange(length, device=device).expand(bsz, -1)
         image_end = torch.where(visual, index, torch.full_like(index, -1)).max(1).values
         report = Report.start(
@@ -320,6 +315,11 @@ class PruningSession:
             )
         if not self.reports:
             raise UnsupportedInputError("this pruned cache was filled in another tokenprune.prune() context")
+        if self.strategy.decay.active and self.reports[-1].horizon is None:
+            raise UnsupportedInputError(
+                f"strategy '{self.strategy.name}' decays the visual KV cache over a horizon; when decoding "
+                "outside generate(), pass horizon=<decode steps> to tokenprune.prune()"
+            )
         positions = kwargs.get("position_ids")
         if positions is None:
             positions = torch.full((tokens.shape[0], 1), cache.processed, device=tokens.device)

@@ -1,0 +1,151 @@
+"""The `tokenprune` command line: the demo on a tiny model, its errors, and the timing helper."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+
+import pytest
+from rich.console import Console
+
+from tokenprune import cli, timing
+from tokenprune.demo import agreement, parse_tiny_spec, run_length
+
+SMALL = "layers=4,hidden=64,heads=4,kv_heads=2,intermediate=128,vocab=512,grid=6"
+METHODS = ["baseline", "fastv", "vtw", "st3"]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    code = cli.main(argv, console=Console(file=out, width=200, color_system=None))
+    return code, out.getvalue()
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """First line of every table row, keyed by method name, split into cells."""
+    rows = {}
+    for line in text.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        if cells[0] in METHODS:
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_demo_prints_one_row_per_method(tmp_path):
+    report_file = tmp_path / "reports.json"
+    code, text = run_cli(
+        ["demo", "--tiny-spec", SMALL, "--max-new-tokens", "4", "--repeats", "1", "--json", str(report_file)]
+    )
+    assert code == 0, text
+    rows = table_rows(text)
+    assert list(rows) == METHODS, text
+    header = next(line for line in text.splitlines() if "Prefill FLOPs" in line)
+    assert "TTFT" in header and "Visual KV" in header and "Agree" in header
+    # baseline: all 36 visual tokens in all 4 layers, 100 % of everything, ratio 1.00 to itself
+    _, tokens, flops, visual_kv, total_kv, ttft, decode, agree, kl = rows["baseline"]
+    assert tokens == "36x4"
+    assert flops == visual_kv == total_kv == agree == "100%"
+    assert ttft == decode == "1.00x"
+    # FastV default: cut at layer 2 keeping round(36 * 0.5) = 18; VTW k = 4 // 2 = 2 withdraws everything
+    assert rows["fastv"][1] == "36x2 18x2"
+    assert rows["vtw"][1] == "36x2 0x2"
+    for name in ("fastv", "vtw", "st3"):
+        assert float(rows[name][2].rstrip("%")) < 100  # pruning saves prefill FLOPs
+        assert re.fullmatch(r"\d+\.\d\dx", rows[name][5])
+
+    saved = json.loads(report_file.read_text())
+    assert [m["name"] for m in saved["methods"]] == METHODS
+    base = saved["methods"][0]
+    assert base["report"] is None and base["agreement"] == 1.0 and base["timing"]["ttft_ratio"] == 1.0
+    for m in saved["methods"][1:]:
+        assert m["report"]["strategy"]["name"] == m["name"]
+        assert len(m["tokens"]) == 4  # the tiny model decodes the full length
+        assert 0.0 <= m["agreement"] <= 1.0
+
+
+def test_missing_image_exits_2_naming_the_file(tmp_path, capsys):
+    missing = tmp_path / "no-such-picture.png"
+    code = cli.main(["demo", "--model", str(tmp_path), "--image", str(missing), "--prompt", "what is this?"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err
+    assert "not found" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["demo", "--model", "{tmp}/absent", "--image", "{img}", "--prompt", "hi"], "model directory not found"),
+        (["demo", "--model", "{tmp}", "--image", "{img}", "--prompt", "hi"], "no config.json"),
+        (["demo", "--model", "{tmp}", "--image", "{bad}", "--prompt", "hi"], "cannot read image"),
+        (["demo", "--image", "{img}"], "need all three"),
+        (["demo", "--tiny-spec", "layers=x"], "not an integer"),
+        (["demo", "--max-new-tokens", "1"], "--max-new-tokens"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(tmp_path, capsys, argv, expected):
+    from PIL import Image
+
+    img = tmp_path / "ok.png"
+    Image.new("RGB", (8, 8)).save(img)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    if "no config.json" != expected:
+        (tmp_path / "config.json").write_text("{}")  # a directory that passes the config check
+    argv = [a.format(tmp=tmp_path, img=img, bad=bad) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_bad_arguments_exit_2():
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--attn", "flash"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+
+
+def test_helpers():
+    assert run_length([576, 576, 288, 288, 288]) == "576x2 288x3"
+    assert run_length([]) == ""
+    assert agreement([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
+    assert agreement([1, 2], [1, 2, 3, 4]) == 0.5  # positions one run lacks count as different
+    assert agreement([], []) == 1.0
+    assert parse_tiny_spec("layers=2,grid=3").visual_tokens == 9
+
+
+def test_timing_interleaves_and_reports_ratios():
+    calls: list[tuple[str, int]] = []
+    active: list[str] = []
+
+    def method(name):
+        @contextlib.contextmanager
+        def factory():
+            active.append(name)
+            yield
+            active.pop()
+
+        return name, factory
+
+    def generate(n):
+        calls.append((active[-1] if active else "baseline", n))
+        return n
+
+    result = timing.measure(
+        [timing.baseline_method(), method("a"), method("b")], generate, new_tokens=5, repeats=2, warmup=1
+    )
+    order = [name for name, n in calls if n == 5]
+    assert order == ["baseline", "a", "b"] * 3  # warm-up, then two interleaved repeats
+    assert all(len(t.ttft_s) == 2 for t in result.values())
+    rel = timing.ratios(result)
+    assert rel["baseline"]["ttft_ratio"] == 1.0 and rel["baseline"]["decode_ratio"] == 1.0
+    assert set(rel["a"]) == {"ttft_ratio", "decode_ratio", "end_to_end_ratio"}
+    t = timing.Timing("x", new_tokens=3, ttft_s=[1.0, 2.0, 3.0], full_s=[3.0, 4.0, 9.0], produced=[3, 3, 3])
+    assert t.ttft == 2.0 and t.decode_per_token == 1.0  # medians of (full - ttft) / (n - 1) = 1, 1, 3

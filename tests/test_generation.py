@@ -1,0 +1,108 @@
+"""Generation modes, the real loading path and text-only inputs."""
+
+import pytest
+import torch
+from conftest import STRATEGY_CASES, greedy, inputs, tiny_model
+
+import tokenprune as tp
+from tokenprune.cache import PrunableCache
+
+
+@pytest.mark.parametrize("name,params,ref_method", STRATEGY_CASES)
+def test_beam_search_runs_and_cache_metadata_follows_beams(name, params, ref_method):
+    model = tiny_model()
+    data = inputs("padded")
+    with torch.no_grad(), tp.prune(model, name, **params) as run:
+        out = model.generate(**data, max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False,
+                             return_dict_in_generate=True)
+    assert out.sequences.shape[0] == 6
+    cache = out.past_key_values
+    assert isinstance(cache, PrunableCache)
+    for layer in cache.layers:  # metadata stays aligned with the reordered keys
+        assert layer.valid.shape == layer.keys.shape[:1] + layer.keys.shape[2:3]
+    assert len(run.report.visual_cache_entries[0][0]) == 9  # 3 samples x 3 beams
+
+
+def test_beam_search_zero_removal_equals_baseline():
+    model = tiny_model()
+    data = inputs("padded")
+    kwargs = dict(max_new_tokens=10, num_beams=3, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        base = model.generate(**data, **kwargs)
+        with tp.prune(model, "st3", ratio=0.0, final_fraction=1.0):
+            pruned = model.generate(**data, **kwargs)
+    assert torch.equal(base.sequences, pruned.sequences)
+    assert torch.equal(base.sequences_scores, pruned.sequences_scores)
+
+
+def test_beam_search_with_pruning_is_deterministic_and_differs_from_baseline_cache():
+    model = tiny_model()
+    data = inputs("padded")
+    kwargs = dict(max_new_tokens=10, num_beams=2, do_sample=False)
+    with torch.no_grad(), tp.prune(model, "st3", start_layer=1, stride=1, ratio=0.5) as run:
+        first = model.generate(**data, **kwargs)
+        second = model.generate(**data, **kwargs)
+    assert torch.equal(first, second)
+    assert len(run.reports) == 2  # one report per generate call
+
+
+def test_sampling_runs_and_zero_removal_matches_seeded_baseline():
+    model = tiny_model()
+    data = inputs("padded")
+    kwargs = dict(max_new_tokens=12, do_sample=True, top_k=20, temperature=0.8)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        base = model.generate(**data, **kwargs)
+        with tp.prune(model, "fastv", ratio=0.0):
+            torch.manual_seed(3)
+            same = model.generate(**data, **kwargs)
+        with tp.prune(model, "st3") as run:
+            torch.manual_seed(3)
+            sampled = model.generate(**data, **kwargs)
+    assert torch.equal(base, same)
+    assert sampled.shape[0] == base.shape[0]
+    assert run.report.decode_steps >= 1
+
+
+def test_real_loading_path(tmp_path):
+    """save_pretrained -> from_pretrained -> prune gives what pruning the in-memory model gives."""
+    from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    loaded = LlavaForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    auto = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    data = inputs("padded")
+    with tp.prune(model, "st3") as run_a:
+        a = greedy(model, data, 10)
+    for other in (loaded, auto):
+        with tp.prune(other, "st3") as run_b:
+            b = greedy(other, data, 10)
+        assert torch.equal(a.sequences, b.sequences)
+        assert run_a.report.to_dict() == run_b.report.to_dict()
+
+
+def test_text_only_inputs_pass_through_untouched():
+    model = tiny_model()
+    text = {"input_ids": torch.randint(3, 500, (3, 6), generator=torch.Generator().manual_seed(0)),
+            "attention_mask": torch.ones(3, 6, dtype=torch.long)}
+    base = greedy(model, text, 10)
+    with tp.prune(model, "vtw", k=0) as run:
+        out = greedy(model, text, 10)
+    assert torch.equal(base.sequences, out.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(base.logits, out.logits))
+    assert not isinstance(out.past_key_values, PrunableCache)
+    assert run.report.to_dict()["flops"] == {}
+
+
+def test_inputs_embeds_are_supported():
+    model = tiny_model()
+    data = inputs("single")
+    embeds = model.get_input_embeddings()(data["input_ids"])
+    with torch.no_grad():
+        with tp.prune(model, "fastv", k=2, ratio=0.5) as by_ids:
+            a = model(**data).logits
+        with tp.prune(model, "fastv", k=2, ratio=0.5) as by_embeds:
+            b = model(inputs_embeds=embeds, attention_mask=data["attention_mask"], pixel_values=data["pixel_values"]).logits
+    assert by_ids.report.kept_visual == by_embeds.report.kept_visual
+    torch.testing.assert_close(a, b)

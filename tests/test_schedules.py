@@ -1,0 +1,69 @@
+"""Per-layer counts follow the schedule in prefill and the decay formula at every decode step."""
+
+import math
+
+import pytest
+import torch
+from conftest import LAYERS, greedy, inputs, tiny_model
+
+import tokenprune as tp
+
+STEPS = 20
+
+
+def n_visual(data):
+    vis = (data["input_ids"] == tiny_model().config.image_token_id) & data["attention_mask"].bool()
+    vis[:, -1] = False
+    return vis.sum(1).tolist()
+
+
+@pytest.mark.parametrize("start,stride,ratio", [(1, 1, 0.3), (2, 2, 0.3), (2, 3, 0.5), (5, 1, 0.9)])
+def test_pvtp_prefill_counts_and_cache_lengths(start, stride, ratio):
+    data = inputs("padded")
+    with tp.prune(tiny_model(), "st3", start_layer=start, stride=stride, ratio=ratio, decay="none") as run:
+        out = greedy(tiny_model(), data, 3)
+    expected = []
+    present = n_visual(data)
+    for layer in range(LAYERS):
+        if layer >= start and (layer - start) % stride == 0:
+            present = [round(p * (1 - ratio)) for p in present]
+        expected.append(list(present))
+    assert run.report.prefill_visual_tokens == expected
+    # cache entries per layer = text tokens + generated tokens + kept visual, per sample
+    text = [int(m.sum()) - n for m, n in zip(data["attention_mask"], n_visual(data))]
+    generated = 2  # the third token needs no forward
+    assert run.report.cache_entries == [[t + generated + v for t, v in zip(text, layer)] for layer in expected]
+    # and the physical cache tensors are as long as the longest sample of each layer needs
+    cache = out.past_key_values
+    for layer, counts in zip(cache.layers, run.report.cache_entries):
+        assert layer.keys.shape[2] == max(counts)
+
+
+@pytest.mark.parametrize("decay,final", [("cosine", 0.1), ("cosine", 0.0), ("linear", 0.3)])
+@pytest.mark.parametrize("horizon", [None, 7])
+def test_vta_counts_follow_formula_every_step(decay, final, horizon):
+    data = inputs("padded")
+    params = dict(decay=decay, final_fraction=final, horizon=horizon)
+    with tp.prune(tiny_model(), "st3", **params) as run:
+        greedy(tiny_model(), data, STEPS)
+    report = run.report
+    T = horizon or STEPS  # default horizon: the generate call's max_new_tokens
+    assert report.horizon == T
+    steps = report.visual_cache_entries
+    assert len(steps) == STEPS  # step 0 + one per decode forward
+    initial = steps[0]
+    for t, per_layer in enumerate(steps):
+        x = min(t, T) / T
+        frac = final + (1 - final) * (1 + math.cos(math.pi * x)) / 2 if decay == "cosine" else 1 - (1 - final) * x
+        assert per_layer == [[round(n0 * frac) for n0 in layer0] for layer0 in initial], f"step {t}"
+
+
+def test_vtw_and_fastv_keep_cache_constant_while_decoding():
+    data = inputs("padded")
+    for name, params in [("vtw", dict(k=2)), ("fastv", dict(k=2, ratio=0.5))]:
+        with tp.prune(tiny_model(), name, **params) as run:
+            greedy(tiny_model(), data, 8)
+        steps = run.report.visual_cache_entries
+        assert all(s == steps[0] for s in steps)
+        if name == "vtw":
+            assert all(all(v == 0 for v in layer) for layer in steps[0][2:])
