@@ -17,10 +17,10 @@ from .scores import LastQueryAttention
 
 class ST3Params(StrategyParams):
     start_layer: int = Field(2, ge=1, description="first PVTP cut (scores from the layer before: QK heredity)")
-    stride: int = Field(2, ge=1, description="layers between PVTP cuts")
-    ratio: float = Field(0.3, ge=0.0, le=1.0, description="fraction of the still-present visual tokens removed per cut")
+    stride: int = Field(3, ge=1, description="layers between PVTP cuts")
+    ratio: float = Field(0.2, ge=0.0, le=1.0, description="fraction of the still-present visual tokens removed per cut")
     decay: Literal["cosine", "linear", "none"] = Field("cosine", description="VTA schedule of the visual KV cache")
-    final_fraction: float = Field(0.1, ge=0.0, le=1.0, description="fraction of each layer's visual KV left at the horizon")
+    final_fraction: float = Field(0.2, ge=0.0, le=1.0, description="fraction of each layer's visual KV left at the horizon")
     horizon: int | None = Field(None, ge=1, description="decode steps of the decay; None = the generate call's max_new_tokens")
 
 

@@ -26,7 +26,7 @@ STRATEGY_CASES = [
     ),
     pytest.param("vtw", dict(k=3), RefMethod("vtw", k=3), id="vtw"),
     pytest.param(
-        "st3", dict(), RefMethod("st3", start_layer=2, stride=2, ratio=0.3, decay="cosine", final_fraction=0.1),
+        "st3", dict(), RefMethod("st3", start_layer=2, stride=3, ratio=0.2, decay="cosine", final_fraction=0.2),
         id="st3-defaults",
     ),
     pytest.param(
