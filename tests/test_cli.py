@@ -149,3 +149,35 @@ def test_timing_interleaves_and_reports_ratios():
     assert set(rel["a"]) == {"ttft_ratio", "decode_ratio", "end_to_end_ratio"}
     t = timing.Timing("x", new_tokens=3, ttft_s=[1.0, 2.0, 3.0], full_s=[3.0, 4.0, 9.0], produced=[3, 3, 3])
     assert t.ttft == 2.0 and t.decode_per_token == 1.0  # medians of (full - ttft) / (n - 1) = 1, 1, 3
+
+
+# ----------------------------------------------------------------------------------------- docs in sync
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+DEMO_LINE = "pip install torch==2.13.0 && pip install -e . && tokenprune demo"
+TEST_LINE = 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest -q'
+
+
+def test_readme_setup_lines_and_ci_script_agree():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    setup = [b.strip() for b in blocks if b.strip().startswith("pip install")]
+    assert setup == [DEMO_LINE, TEST_LINE]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in ci
+    assert [line for line in ci.splitlines() if "pip install" in line] == [TEST_LINE]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/usage.md"])
+def test_docs_list_every_strategy_parameter_with_its_default(doc):
+    import tokenprune as tp
+    from tokenprune import registry
+
+    readme = (ROOT / doc).read_text()
+    for name in tp.available_strategies():
+        assert f"| `{name}` |" in readme, f"strategy {name} missing from the table in {doc}"
+        for field_name, info in registry.strategy_factory(name).params.model_fields.items():
+            default = info.default
+            shown = f'"{default}"' if isinstance(default, str) else repr(default)
+            assert re.search(rf"\| `{field_name}` \| `{re.escape(shown)}` \|", readme), (
+                f"{doc}: parameter {name}.{field_name} with default {shown} is missing or outdated"
+            )

@@ -20,8 +20,11 @@ class PrunableLayer(DynamicLayer):
     def __init__(self) -> None:
         super().__init__()
         self.positions = self.valid = self.visual = self.scores = None
-        self.initial_visual = None  # (B,) visual entries right after prefill: n_l(0) of the decay
+        # Host-side (B,) counts, so deciding whether to evict needs no device sync:
+        self.initial_visual = None  # visual entries right after prefill: n_l(0) of the decay
+        self.visual_count = None  # visual entries held now
         self.pruned = False  # True once this layer's entries differ from the full sequence
+        self.all_valid = False  # host flag: no padding / filler entry (then a decode step needs no mask)
 
     def append_meta(self, positions, valid, visual) -> None:
         scores = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
@@ -43,20 +46,22 @@ class PrunableLayer(DynamicLayer):
         self.valid = self.valid & valid
         self.visual = self.visual & valid
         self.pruned = True
+        self.all_valid = bool(self.valid.all())
 
     def _index_batch(self, fn) -> None:
-        for name in (*_META, "initial_visual"):
+        for name in (*_META, "initial_visual", "visual_count"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, fn(value))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
-        self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+        host = beam_idx.cpu()
+        self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device) if t.device.type != "cpu" else host))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
-        self._index_batch(lambda t: t[indices])
+        self._index_batch(lambda t: t[indices.to(t.device)])
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
@@ -64,7 +69,7 @@ class PrunableLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.positions = self.valid = self.visual = self.scores = self.initial_visual = None
+        self.positions = self.valid = self.visual = self.scores = self.initial_visual = self.visual_count = None
         self.pruned = False
 
     def crop(self, tokens_to_remove: int) -> None:

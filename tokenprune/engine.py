@@ -342,8 +342,11 @@ class PruningSession:
             if isinstance(f, _Prefill):
                 f.cache.processed += f.length
                 f.cache.step = 0
-                for layer in f.cache.layers:
-                    layer.initial_visual = layer.visual.sum(1)
+                layers = f.cache.layers
+                counts = torch.stack([layer.visual.sum(1) for layer in layers]).cpu()
+                all_valid = torch.stack([layer.valid.all() for layer in layers]).tolist()
+                for layer, count, full in zip(layers, counts, all_valid):
+                    layer.initial_visual, layer.visual_count, layer.all_valid = count, count.clone(), full
             else:
                 f.cache.processed += 1
             f.report.record_cache(f.cache)
@@ -417,10 +420,10 @@ class PruningSession:
         layer: PrunableLayer = f.cache.layers[i]
         decay = self.strategy.decay
         if decay.active:
-            target = decay.keep(f.cache.step, f.report.horizon, layer.initial_visual)
-            current = layer.visual.sum(1)
-            if bool((target < current).any()):
-                evict = rank_keep(layer.scores, layer.visual, target)
+            target = torch.minimum(decay.keep(f.cache.step, f.report.horizon, layer.initial_visual), layer.visual_count)
+            if bool((target < layer.visual_count).any()):  # host tensors: no device sync
+                layer.visual_count = target
+                evict = rank_keep(layer.scores, layer.visual, target.to(layer.scores.device))
                 keep_mask = (layer.valid & ~layer.visual) | evict
                 index = compact(keep_mask)
                 layer.keep_entries(index, keep_mask.gather(1, index))
@@ -429,7 +432,7 @@ class PruningSession:
         layer.append_meta(f.positions, ones, ~ones)
         if not layer.pruned:
             return None
-        mask = None if bool(layer.valid.all()) else layer_mask(layer.valid[:, None, :], f.backend, self._hidden_dtype(args, kwargs))
+        mask = None if layer.all_valid else layer_mask(layer.valid[:, None, :], f.backend, self._hidden_dtype(args, kwargs))
         return args, {**kwargs, "attention_mask": mask}
 
     @staticmethod

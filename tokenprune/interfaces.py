@@ -64,10 +64,14 @@ class AttentionView:
         cos = self.cos.expand(bsz, -1, -1).gather(1, idx.expand(-1, -1, self.cos.shape[-1]))
         sin = self.sin.expand(bsz, -1, -1).gather(1, idx.expand(-1, -1, self.sin.shape[-1]))
         q, _ = self.rotary(q, q, cos, sin)
-        groups = self.num_heads // self.keys.shape[1]
-        keys = self.keys.repeat_interleave(groups, dim=1) if groups > 1 else self.keys
-        logits = torch.matmul(q.float(), keys.float().transpose(-1, -2)) * self.scaling
-        self.flops += 2 * bsz * self.num_heads * rows.shape[1] * lk * self.head_dim
+        # Query heads h = kv * groups + g share key head kv (repeat_kv); fold the groups into the query
+        # axis instead of copying the keys. Scores in the model dtype, softmax in float32, as eager does.
+        kv_heads, n_rows = self.keys.shape[1], rows.shape[1]
+        groups = self.num_heads // kv_heads
+        q = q.reshape(bsz, kv_heads, groups * n_rows, self.head_dim)
+        logits = torch.matmul(q, self.keys.transpose(-1, -2)).view(bsz, self.num_heads, n_rows, lk)
+        logits = logits.float() * self.scaling
+        self.flops += 2 * bsz * self.num_heads * n_rows * lk * self.head_dim
         key_pos = torch.arange(lk, device=rows.device)
         query_pos = rows + (lk - q_len)
         allowed = self.key_valid[:, None, :] & (key_pos[None, None, :] <= query_pos[:, :, None])

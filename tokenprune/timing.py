@@ -1,0 +1,152 @@
+"""Side-by-side latency measurement: every method against the unpruned baseline, in one process.
+
+Rules (shared by the demo and future benchmarks):
+- same inputs for every method, one warm-up run of each before anything is timed;
+- interleaved repeats (baseline, A, B, ..., baseline, A, B, ...) so drift (thermal, caches, other
+  processes) hits all methods alike; the median over repeats is reported;
+- TTFT = time of a generate call producing 1 new token (prefill + first token);
+  decode ms/token = (time of a generate call producing n tokens - TTFT) / (n - 1);
+- results are always shown as ratios to the baseline measured here. On CPU, absolute times of small
+  models mean little (Python overhead dominates); the ratios are what to read.
+
+`measure` is generic: it takes (name, context-manager factory) pairs and a callable that runs one
+generation, so it times anything that can be switched on with a `with` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Sequence
+
+import torch
+
+#: a method to time: its display name and a factory of the context manager that switches it on
+Method = tuple[str, Callable[[], ContextManager[Any]]]
+
+
+@dataclass
+class Timing:
+    """Raw timings of one method: one (ttft, full) pair of seconds per repeat."""
+
+    name: str
+    new_tokens: int
+    ttft_s: list[float] = field(default_factory=list)
+    full_s: list[float] = field(default_factory=list)
+    produced: list[int] = field(default_factory=list)  # new tokens the full run actually generated
+
+    @property
+    def ttft(self) -> float:
+        """Median time to first token, seconds."""
+        return statistics.median(self.ttft_s)
+
+    @property
+    def end_to_end(self) -> float:
+        """Median time of the full generation, seconds."""
+        return statistics.median(self.full_s)
+
+    @property
+    def decode_per_token(self) -> float:
+        """Median over repeats of (full - ttft) / (n - 1), seconds per token (0 when n <= 1)."""
+        per_repeat = [
+            (full - ttft) / (n - 1) if n > 1 else 0.0
+            for ttft, full, n in zip(self.ttft_s, self.full_s, self.produced)
+        ]
+        return statistics.median(per_repeat)
+
+    def to_dict(self) -> dict:
+        return {
+            "new_tokens": self.new_tokens,
+            "repeats": len(self.ttft_s),
+            "ttft_s": self.ttft,
+            "decode_s_per_token": self.decode_per_token,
+            "end_to_end_s": self.end_to_end,
+            "ttft_s_all": list(self.ttft_s),
+            "end_to_end_s_all": list(self.full_s),
+        }
+
+
+def _ratio(value: float, baseline: float) -> float:
+    return value / baseline if baseline > 0 else float("nan")
+
+
+def ratios(timings: dict[str, Timing], baseline: str = "baseline") -> dict[str, dict[str, float]]:
+    """Per method: ttft_ratio, decode_ratio, end_to_end_ratio vs the method named `baseline`."""
+    base = timings[baseline]
+    return {
+        name: {
+            "ttft_ratio": _ratio(t.ttft, base.ttft),
+            "decode_ratio": _ratio(t.decode_per_token, base.decode_per_token),
+            "end_to_end_ratio": _ratio(t.end_to_end, base.end_to_end),
+        }
+        for name, t in timings.items()
+    }
+
+
+def baseline_method(name: str = "baseline") -> Method:
+    """The unpruned reference: a context manager that does nothing."""
+    return name, contextlib.nullcontext
+
+
+def default_sync() -> Callable[[], None]:
+    """Wait for queued accelerator work before reading the clock (no-op on CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def measure(
+    methods: Sequence[Method],
+    generate: Callable[[int], int | None],
+    new_tokens: int,
+    repeats: int = 3,
+    warmup: int = 1,
+    sync: Callable[[], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Timing]:
+    """Time every method side by side; returns name -> Timing (in the order given).
+
+    `generate(max_new_tokens)` runs one generation on fixed inputs and returns how many new tokens it
+    produced (or None for "exactly max_new_tokens"); it should force that length (e.g. with
+    `min_new_tokens`) so every method decodes the same number of steps. `on_step(label)` is called
+    after each warm-up / repeat of each method, for progress displays.
+    """
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be >= 1, not {new_tokens}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, not {repeats}")
+    names = [name for name, _ in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique, got {names}")
+    sync = sync or default_sync()
+    timings = {name: Timing(name, new_tokens) for name in names}
+
+    def timed(n: int) -> tuple[float, int]:
+        sync()
+        start = time.perf_counter()
+        produced = generate(n)
+        sync()
+        return time.perf_counter() - start, n if produced is None else int(produced)
+
+    with torch.inference_mode():
+        for w in range(warmup):
+            for name, factory in methods:
+                with factory():
+                    timed(1)
+                    timed(new_tokens)
+                if on_step:
+                    on_step(f"warm-up {w + 1}/{warmup}: {name}")
+        for r in range(repeats):
+            for name, factory in methods:
+                with factory():
+                    ttft, _ = timed(1)
+                    full, produced = timed(new_tokens)
+                t = timings[name]
+                t.ttft_s.append(ttft)
+                t.full_s.append(full)
+                t.produced.append(produced)
+                if on_step:
+                    on_step(f"repeat {r + 1}/{repeats}: {name}")
+    return timings
