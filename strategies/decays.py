@@ -25,6 +25,7 @@ class CosineDecay(CacheDecay):
 
     final_fraction: float
     horizon: int | None = None
+    evict_every: int = 1
 
     @property
     def active(self) -> bool:  # type: ignore[override]
@@ -41,6 +42,7 @@ class LinearDecay(CacheDecay):
 
     final_fraction: float
     horizon: int | None = None
+    evict_every: int = 1
 
     @property
     def active(self) -> bool:  # type: ignore[override]

@@ -22,13 +22,17 @@ class ST3Params(StrategyParams):
     decay: Literal["cosine", "linear", "none"] = Field("cosine", description="VTA schedule of the visual KV cache")
     final_fraction: float = Field(0.2, ge=0.0, le=1.0, description="fraction of each layer's visual KV left at the horizon")
     horizon: int | None = Field(None, ge=1, description="decode steps of the decay; None = the generate call's max_new_tokens")
+    evict_every: int = Field(
+        8, ge=1, description="evicted KV entries are masked at once and physically removed every this many steps "
+        "(batches the copies; outputs do not depend on it)"
+    )
 
 
 def build(p: ST3Params) -> Strategy:
     if p.decay == "cosine":
-        decay = CosineDecay(final_fraction=p.final_fraction, horizon=p.horizon)
+        decay = CosineDecay(final_fraction=p.final_fraction, horizon=p.horizon, evict_every=p.evict_every)
     elif p.decay == "linear":
-        decay = LinearDecay(final_fraction=p.final_fraction, horizon=p.horizon)
+        decay = LinearDecay(final_fraction=p.final_fraction, horizon=p.horizon, evict_every=p.evict_every)
     else:
         decay = NoDecay()
     schedule = ProgressiveCuts(start_layer=p.start_layer, stride=p.stride, ratio=p.ratio)

@@ -67,3 +67,26 @@ def test_vtw_and_fastv_keep_cache_constant_while_decoding():
         assert all(s == steps[0] for s in steps)
         if name == "vtw":
             assert all(all(v == 0 for v in layer) for layer in steps[0][2:])
+
+
+@pytest.mark.parametrize("evict_every", [1, 3, 8])
+def test_batched_eviction_changes_memory_timing_not_outputs(evict_every):
+    """Evicted entries are masked at once; compaction every N steps only moves when the memory is freed."""
+    data = inputs("padded")
+    with tp.prune(tiny_model(), "st3", evict_every=1) as eager_run:
+        every = greedy(tiny_model(), data, STEPS)
+    with tp.prune(tiny_model(), "st3", evict_every=evict_every) as run:
+        batched = greedy(tiny_model(), data, STEPS)
+    assert torch.equal(every.sequences, batched.sequences)
+    for a, b in zip(every.logits, batched.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert run.report.visual_cache_entries == eager_run.report.visual_cache_entries
+    per_step = run.report.kv_bytes()["total"]["per_step"]
+    eager_steps = eager_run.report.kv_bytes()["total"]["per_step"]
+    assert all(b >= a for a, b in zip(eager_steps, per_step))
+    if evict_every == 1:
+        assert per_step == eager_steps
+    else:  # right after a compaction step the tensors hold exactly the kept entries again
+        compacted = [t for t in range(1, STEPS) if t % evict_every == 0]
+        assert all(per_step[t] == eager_steps[t] for t in compacted)
+        assert any(per_step[t] > eager_steps[t] for t in range(1, STEPS) if t not in compacted)

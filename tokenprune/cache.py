@@ -25,6 +25,7 @@ class PrunableLayer(DynamicLayer):
         self.visual_count = None  # visual entries held now
         self.pruned = False  # True once this layer's entries differ from the full sequence
         self.all_valid = False  # host flag: no padding / filler entry (then a decode step needs no mask)
+        self.stale = False  # entries were masked out but are still in the tensors
 
     def append_meta(self, positions, valid, visual) -> None:
         scores = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
@@ -36,6 +37,12 @@ class PrunableLayer(DynamicLayer):
             self.visual = torch.cat([self.visual, visual], 1)
             self.scores = torch.cat([self.scores, scores], 1)
 
+    def mask_out(self, keep: torch.Tensor) -> None:
+        """Evict the entries outside `keep` (B, L) logically: masked from now on, removed at the next compaction."""
+        self.valid = self.valid & keep
+        self.visual = self.visual & keep
+        self.pruned, self.all_valid, self.stale = True, False, True
+
     def keep_entries(self, index: torch.Tensor, valid: torch.Tensor) -> None:
         """Keep the entries `index` (B, L') of every sample; `valid` (B, L') marks left filler."""
         kv_index = index[:, None, :, None]
@@ -45,7 +52,7 @@ class PrunableLayer(DynamicLayer):
             setattr(self, name, getattr(self, name).gather(1, index))
         self.valid = self.valid & valid
         self.visual = self.visual & valid
-        self.pruned = True
+        self.pruned, self.stale = True, False
         self.all_valid = bool(self.valid.all())
 
     def _index_batch(self, fn) -> None:
@@ -70,7 +77,7 @@ class PrunableLayer(DynamicLayer):
     def reset(self) -> None:
         super().reset()
         self.positions = self.valid = self.visual = self.scores = self.initial_visual = self.visual_count = None
-        self.pruned = False
+        self.pruned = self.all_valid = self.stale = False
 
     def crop(self, tokens_to_remove: int) -> None:
         raise UnsupportedInputError(

@@ -14,8 +14,9 @@ Data flow of one `generate()` call:
 3. *Final norm* (pre-hook): removed tokens are put back with the hidden state they had when removed,
    so outputs keep the prompt's length.
 4. *Decode, per layer*: the decay says how many visual KV entries survive at step t; the lowest-scored
-   (attention received, accumulated over steps) are evicted; layers whose entries differ from the full
-   sequence get their own attention mask built from the cache's per-entry metadata.
+   (attention received, accumulated over steps) are evicted at once by masking, and physically removed
+   from the cache tensors every `evict_every` steps; layers whose entries differ from the full sequence
+   get their own attention mask built from the cache's per-entry metadata.
 5. *Report*: counts per layer / step are recorded as tensors and turned into FLOPs and KV bytes.
 """
 
@@ -423,10 +424,12 @@ class PruningSession:
             target = torch.minimum(decay.keep(f.cache.step, f.report.horizon, layer.initial_visual), layer.visual_count)
             if bool((target < layer.visual_count).any()):  # host tensors: no device sync
                 layer.visual_count = target
-                evict = rank_keep(layer.scores, layer.visual, target.to(layer.scores.device))
-                keep_mask = (layer.valid & ~layer.visual) | evict
-                index = compact(keep_mask)
-                layer.keep_entries(index, keep_mask.gather(1, index))
+                kept = rank_keep(layer.scores, layer.visual, target.to(layer.scores.device))
+                layer.mask_out((layer.valid & ~layer.visual) | kept)  # evicted now: never attended again
+            if layer.stale and f.cache.step % decay.evict_every == 0:
+                # Physical removal is batched: one gather of the layer's cache every `evict_every` steps.
+                index = compact(layer.valid)
+                layer.keep_entries(index, layer.valid.gather(1, index))
         bsz = f.positions.shape[0]
         ones = torch.ones(bsz, 1, dtype=torch.bool, device=f.positions.device)
         layer.append_meta(f.positions, ones, ~ones)

@@ -117,6 +117,8 @@ class CacheDecay(ABC):
     active: bool = True
     #: steps over which to decay; None = the generate call's max_new_tokens.
     horizon: int | None = None
+    #: evicted entries are masked at once; the cache tensors are compacted every `evict_every` steps
+    evict_every: int = 1
 
     @abstractmethod
     def fraction(self, step: int, horizon: int) -> float:
