@@ -106,3 +106,16 @@ def test_inputs_embeds_are_supported():
             b = model(inputs_embeds=embeds, attention_mask=data["attention_mask"], pixel_values=data["pixel_values"]).logits
     assert by_ids.report.kept_visual == by_embeds.report.kept_visual
     torch.testing.assert_close(a, b)
+
+
+def test_generate_without_cache_prunes_every_forward_and_agrees_on_first_token():
+    model = tiny_model()
+    data = inputs("padded")
+    with torch.no_grad(), tp.prune(model, "fastv", k=2, ratio=0.5) as run:
+        cached = model.generate(**data, max_new_tokens=4, do_sample=False)
+        uncached = model.generate(**data, max_new_tokens=4, do_sample=False, use_cache=False)
+    prompt = data["input_ids"].shape[1]
+    assert torch.equal(cached[:, prompt], uncached[:, prompt])
+    # without a cache every step is a full forward, pruned again: one report per forward
+    assert len(run.reports) == 1 + 4
+    assert run.report.prompt_tokens == [p + 3 for p in run.reports[0].prompt_tokens]
