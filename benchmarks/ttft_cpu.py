@@ -23,6 +23,16 @@ from tokenprune.tiny import TinySpec, build_model, make_inputs
 SPEC = TinySpec(layers=16, hidden=1024, heads=16, kv_heads=16, intermediate=2816, vocab=32000, grid=24)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
@@ -49,7 +59,7 @@ def main() -> None:
         flops = run.report.flops()
         reports[name] = {"prefill_flops_ratio": flops["prefill_ratio"], "decode_flops_ratio": flops["decode_ratio"]}
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": f"python benchmarks/ttft_cpu.py --repeats {args.repeats} --new-tokens {args.new_tokens}",
         "config": {"layers": SPEC.layers, "hidden": SPEC.hidden, "visual": SPEC.visual_tokens, "prompt": int(data["input_ids"].shape[1])},
