@@ -119,3 +119,28 @@ def test_generate_without_cache_prunes_every_forward_and_agrees_on_first_token()
     # without a cache every step is a full forward, pruned again: one report per forward
     assert len(run.reports) == 1 + 4
     assert run.report.prompt_tokens == [p + 3 for p in run.reports[0].prompt_tokens]
+
+
+def test_interleaved_caches_report_to_their_own_prefill():
+    """Two conversations decoded alternately inside one context each extend their own report."""
+    model = tiny_model()
+    a, b = inputs("single", seed=0), inputs("padded", seed=1)
+    with torch.no_grad(), tp.prune(model, "st3", horizon=6) as run:
+        out_a = model(**a)
+        out_b = model(**b)
+        for _ in range(3):
+            out_a = model(input_ids=out_a.logits[:, -1:].argmax(-1), past_key_values=out_a.past_key_values)
+        out_b = model(input_ids=out_b.logits[:, -1:].argmax(-1), past_key_values=out_b.past_key_values)
+    first, second = run.reports
+    assert (first.batch_size, first.decode_steps) == (1, 3)
+    assert (second.batch_size, second.decode_steps) == (3, 1)
+
+
+def test_cache_from_another_context_is_refused():
+    model = tiny_model()
+    data = inputs("single")
+    with torch.no_grad():
+        with tp.prune(model, "fastv"):
+            out = model(**data)
+        with tp.prune(model, "fastv"), pytest.raises(tp.UnsupportedInputError, match="another tokenprune.prune"):
+            model(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values)

@@ -89,10 +89,12 @@ class PrunableLayer(DynamicLayer):
 class PrunableCache(DynamicCache):
     """Per-layer prunable cache; `get_seq_length()` counts processed tokens, not entries held."""
 
-    def __init__(self, num_layers: int) -> None:
+    def __init__(self, num_layers: int, owner: object = None) -> None:
         super().__init__()
         self.layer_class_to_replicate = None
         self.layers = [PrunableLayer() for _ in range(num_layers)]
+        self.owner = owner  # the pruning session that filled it; only that session may continue it
+        self.report = None  # that session's report of the prefill, which decode steps extend
         self.processed = 0  # tokens seen so far (prompt + generated), independent of evictions
         self.step = 0  # decode steps done
 

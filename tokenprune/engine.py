@@ -160,7 +160,7 @@ class PruningSession:
         self.reports: list[Report] = []
         self._handles: list = []
         self._forward: _Prefill | _Decode | None = None
-        self._logit_phase: str | None = None
+        self._logits_for: tuple[Report, str] | None = None  # (report, phase) of the forward that just ran
 
     # ------------------------------------------------------------------------------------------ lifecycle
     @property
@@ -217,7 +217,7 @@ class PruningSession:
     # ------------------------------------------------------------------------------------------ entry
     def _on_entry(self, module, args, kwargs):
         self._forward = None
-        self._logit_phase = None
+        self._logits_for = None
         if args:  # the entry module's first positional argument is input_ids
             kwargs = {**kwargs, "input_ids": args[0]}
             args = ()
@@ -265,7 +265,7 @@ class PruningSession:
             use_cache = getattr(self.parts.text_config, "use_cache", True)
         if use_cache:
             if cache is None or (type(cache) is DynamicCache and cache.get_seq_length() == 0):
-                cache = PrunableCache(self.num_layers)
+                cache = PrunableCache(self.num_layers, owner=self)
             elif not isinstance(cache, PrunableCache):
                 raise UnsupportedInputError(
                     f"{type(cache).__name__} cannot hold per-layer pruned entries; use the default dynamic cache"
@@ -288,6 +288,8 @@ class PruningSession:
             horizon=horizon,
         )
         self.reports.append(report)
+        if cache is not None:
+            cache.report = report  # decode steps report to the prefill that filled this cache
         score_layers = {c - 1 for c in self.cut_layers if c >= 1} if self.strategy.score is not None else set()
         if decay.active and cache is not None:
             score_layers = set(range(self.num_layers))
@@ -305,7 +307,7 @@ class PruningSession:
         return kwargs
 
     def _kv_dtype(self) -> torch.dtype:
-        return self.parts.layers[0].self_attn.k_proj.weight.dtype
+        return self.parts.attention(self.parts.layers[0]).k_proj.weight.dtype
 
     def _start_decode(self, cache: PrunableCache, kwargs: dict):
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
@@ -314,9 +316,11 @@ class PruningSession:
                 f"a {tokens.shape[1]}-token forward continuing a pruned cache is not supported "
                 "(multi-turn continuation / assisted decoding); decode one token per step"
             )
-        if not self.reports:
-            raise UnsupportedInputError("this pruned cache was filled in another tokenprune.prune() context")
-        if self.strategy.decay.active and self.reports[-1].horizon is None:
+        if cache.owner is not self or cache.report is None:
+            raise UnsupportedInputError(
+                "this pruned cache was filled in another tokenprune.prune() context; continue it inside that context"
+            )
+        if self.strategy.decay.active and cache.report.horizon is None:
             raise UnsupportedInputError(
                 f"strategy '{self.strategy.name}' decays the visual KV cache over a horizon; when decoding "
                 "outside generate(), pass horizon=<decode steps> to tokenprune.prune()"
@@ -328,7 +332,7 @@ class PruningSession:
         decay_layers = set(range(self.num_layers)) if self.strategy.decay.active else set()
         self._forward = _Decode(
             cache=cache,
-            report=self.reports[-1],
+            report=cache.report,
             positions=positions.expand(tokens.shape[0], -1),
             backend=self._backend(),
             score_layers=decay_layers,
@@ -351,7 +355,7 @@ class PruningSession:
             else:
                 f.cache.processed += 1
             f.report.record_cache(f.cache)
-        self._logit_phase = "prefill" if isinstance(f, _Prefill) else "decode"
+        self._logits_for = (f.report, "prefill" if isinstance(f, _Prefill) else "decode")
         self._forward = None
         return None
 
@@ -529,6 +533,7 @@ class PruningSession:
 
     def _on_logits(self, module, args, output):
         # lm_head runs after the entry module returned: count rows only for forwards this session handled.
-        if self._logit_phase is not None:
-            self.reports[-1].logit_rows[self._logit_phase] += output.shape[:-1].numel()
-            self._logit_phase = None
+        if self._logits_for is not None:
+            report, phase = self._logits_for
+            report.logit_rows[phase] += output.shape[:-1].numel()
+            self._logits_for = None
