@@ -144,3 +144,72 @@ def test_cache_from_another_context_is_refused():
             out = model(**data)
         with tp.prune(model, "fastv"), pytest.raises(tp.UnsupportedInputError, match="another tokenprune.prune"):
             model(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values)
+
+
+def test_text_only_generation_may_emit_the_image_token_id():
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    model = tiny_model()
+    image_token = model.config.image_token_id
+
+    class ForceImageToken(LogitsProcessor):
+        def __call__(self, ids, scores):
+            return torch.full_like(scores, -1e9).index_fill_(1, torch.tensor([image_token]), 0.0)
+
+    text = {"input_ids": torch.tensor([[1, 5, 6, 7, 8]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    kwargs = dict(max_new_tokens=4, do_sample=False, logits_processor=LogitsProcessorList([ForceImageToken()]))
+    base = model.generate(**text, **kwargs)
+    with tp.prune(model, "fastv"):
+        out = model.generate(**text, **kwargs)
+    assert torch.equal(base, out)
+    assert (out[0, 5:] == image_token).all()
+
+
+def test_positional_call_of_the_entry_module_keeps_every_argument():
+    model = tiny_model()
+    data = inputs("single")
+    with torch.no_grad():
+        base = model.model(data["input_ids"], data["pixel_values"]).last_hidden_state
+        with tp.prune(model, "fastv", ratio=0.0):
+            same = model.model(data["input_ids"], data["pixel_values"]).last_hidden_state
+        with tp.prune(model, "fastv", k=2, ratio=0.5) as run:
+            model.model(data["input_ids"], data["pixel_values"])
+    assert torch.equal(base, same)
+    assert run.report.prefill_visual_tokens[2] == [18]
+
+
+@pytest.mark.parametrize("params", [dict(ratio=0.0), dict(k=2, ratio=0.5)], ids=["zero-removal", "fastv"])
+def test_manual_decode_loop_with_its_own_cache_object(params):
+    """A loop that keeps reusing its own DynamicCache (as many users write) gets the same as generate()."""
+    from transformers.cache_utils import DynamicCache
+
+    model = tiny_model()
+    data = inputs("single")
+
+    def loop():
+        cache = DynamicCache()
+        out = model(**data, past_key_values=cache, use_cache=True)
+        tokens = [out.logits[:, -1].argmax(-1, keepdim=True)]
+        for _ in range(5):
+            out = model(input_ids=tokens[-1], past_key_values=cache, use_cache=True)
+            tokens.append(out.logits[:, -1].argmax(-1, keepdim=True))
+        return torch.cat(tokens, 1)
+
+    with torch.no_grad():
+        base = loop()
+        with tp.prune(model, "fastv", **params):
+            looped = loop()
+            generated = greedy(model, data, 6).sequences[:, data["input_ids"].shape[1]:]
+    assert torch.equal(looped, generated)
+    if params["ratio"] == 0.0:
+        assert torch.equal(looped, base)
+
+
+def test_pruned_cache_reused_after_the_context_is_refused_clearly():
+    model = tiny_model()
+    data = inputs("single")
+    with torch.no_grad():
+        with tp.prune(model, "fastv", k=2, ratio=0.5):
+            out = model(**data)
+        with pytest.raises(tp.UnsupportedInputError, match="context that has ended"):
+            model(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values)

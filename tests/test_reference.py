@@ -7,7 +7,7 @@ that reordering while any wrong kept set, position or mask moves logits by >1e-2
 
 import pytest
 import torch
-from conftest import STRATEGY_CASES, greedy, inputs, tiny_model
+from conftest import STRATEGY_CASES, greedy, inputs, spec, tiny_model
 from reference import reference_generate
 
 import tokenprune as tp
@@ -56,3 +56,36 @@ def test_prefill_logits_of_every_position_without_cache(name, params, ref_method
     assert logits.shape[:2] == data["input_ids"].shape  # removed tokens are put back: outputs keep their length
     assert run.report.kept_visual == ref.kept
     torch.testing.assert_close(logits[:, -1], ref.logits[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize(
+    "layout",
+    [dict(text_before=[20, 1], text_after=[19, 1], images=[0, 1]), dict(text_before=[2, 1], text_after=[50, 1])],
+    ids=["text-only-beside-image", "long-text-beside-short"],
+)
+def test_text_mean_in_ragged_batches(attn, layout):
+    """Query rows that are padding for one sample but text for another must not poison its scores."""
+    from reference import RefMethod
+
+    from tokenprune.tiny import make_inputs
+
+    model = tiny_model(attn)
+    data = make_inputs(spec(attn), **layout)
+    with tp.prune(model, "fastv", k=2, ratio=0.5, query="text_mean") as run:
+        out = greedy(model, data, 4)
+    ref = reference_generate(tiny_model("eager"), data, RefMethod("fastv", k=2, ratio=0.5, query="text_mean"), 4)
+    assert run.report.kept_visual == ref.kept
+    for a, b in zip(out.logits, ref.logits):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_cuts_that_remove_nothing_are_reported():
+    from reference import RefMethod
+
+    data = inputs("padded")
+    with tp.prune(tiny_model(), "st3", start_layer=1, stride=1, ratio=0.9, decay="none") as run:
+        greedy(tiny_model(), data, 2)
+    ref = reference_generate(tiny_model("eager"), data, RefMethod("st3", start_layer=1, stride=1, ratio=0.9), 2)
+    assert sorted(run.report.kept_visual) == [1, 2, 3, 4, 5]
+    assert run.report.kept_visual == ref.kept

@@ -9,7 +9,7 @@ repeat), so beam search and friends stay correct after entries were removed.
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .errors import UnsupportedInputError
 
@@ -91,6 +91,9 @@ class PrunableCache(DynamicCache):
 
     def __init__(self, num_layers: int, owner: object = None) -> None:
         super().__init__()
+        self._make_prunable(num_layers, owner)
+
+    def _make_prunable(self, num_layers: int, owner: object) -> None:
         self.layer_class_to_replicate = None
         self.layers = [PrunableLayer() for _ in range(num_layers)]
         self.owner = owner  # the pruning session that filled it; only that session may continue it
@@ -98,6 +101,34 @@ class PrunableCache(DynamicCache):
         self.processed = 0  # tokens seen so far (prompt + generated), independent of evictions
         self.step = 0  # decode steps done
 
+    @classmethod
+    def adopt(cls, cache: Cache | None, num_layers: int, owner: object) -> "PrunableCache":
+        """A prunable cache for a prefill: a new one, or the given empty dynamic cache converted in place.
+
+        Converting in place (rather than swapping objects) keeps manual decode loops that reuse their own
+        cache object correct; generate() reads the cache back from the outputs either way.
+        """
+        if cache is None:
+            return cls(num_layers, owner)
+        if isinstance(cache, PrunableCache) and cache.processed == 0:
+            cache._make_prunable(num_layers, owner)
+            return cache
+        if type(cache) is DynamicCache and cache.get_seq_length() == 0 and not cache.offloading:
+            cache.__class__ = cls
+            cache._make_prunable(num_layers, owner)
+            return cache
+        raise UnsupportedInputError(
+            f"{type(cache).__name__} cannot hold per-layer pruned entries; pass no cache (generate makes one) "
+            "or an empty, non-offloaded DynamicCache"
+        )
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        if self.owner is not None and not getattr(self.owner, "active", True):
+            raise UnsupportedInputError(
+                "this KV cache was pruned inside a tokenprune.prune() context that has ended; its layers hold "
+                "different entries, so it can only be continued inside that context"
+            )
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.processed
 

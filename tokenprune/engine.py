@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig
-from transformers.cache_utils import DynamicCache
 
 from .cache import PrunableCache, PrunableLayer
 from .errors import AlreadyPrunedError, UnsupportedInputError, UnsupportedModelError
@@ -161,6 +160,8 @@ class PruningSession:
         self._handles: list = []
         self._forward: _Prefill | _Decode | None = None
         self._logits_for: tuple[Report, str] | None = None  # (report, phase) of the forward that just ran
+        signature = inspect.signature(self.parts.entry.forward).parameters.values()
+        self._entry_params = [p.name for p in signature if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     # ------------------------------------------------------------------------------------------ lifecycle
     @property
@@ -209,6 +210,11 @@ class PruningSession:
         add(self.parts.norm.register_forward_pre_hook(self._on_norm))
         add(self.parts.lm_head.register_forward_hook(self._on_logits))
 
+    @property
+    def active(self) -> bool:
+        """True while the context is entered (its hooks are on the model)."""
+        return bool(self._handles)
+
     def _remove(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -218,20 +224,20 @@ class PruningSession:
     def _on_entry(self, module, args, kwargs):
         self._forward = None
         self._logits_for = None
-        if args:  # the entry module's first positional argument is input_ids
-            kwargs = {**kwargs, "input_ids": args[0]}
+        if args:  # bind positional arguments to their names so nothing is lost when kwargs are rewritten
+            kwargs = {**dict(zip(self._entry_params, args)), **kwargs}
             args = ()
         cache = kwargs.get("past_key_values")
         if isinstance(cache, PrunableCache) and cache.processed > 0:
             return self._start_decode(cache, kwargs)
-        visual = self.adapter.visual_mask(self.model, kwargs)
         if cache is not None and cache.get_seq_length() > 0:
-            if visual is not None:
+            if kwargs.get("pixel_values") is not None:
                 raise UnsupportedInputError(
                     "an image prompt continuing a KV cache that was not filled inside this tokenprune.prune() "
                     "context is not supported; start generation from an empty cache"
                 )
-            return None
+            return None  # continuing a text-only conversation: untouched
+        visual = self.adapter.visual_mask(self.model, kwargs)
         if visual is None:
             return None  # text-only input: pass through untouched
         return args, self._start_prefill(visual, cache, kwargs)
@@ -264,12 +270,9 @@ class PruningSession:
         if use_cache is None:
             use_cache = getattr(self.parts.text_config, "use_cache", True)
         if use_cache:
-            if cache is None or (type(cache) is DynamicCache and cache.get_seq_length() == 0):
-                cache = PrunableCache(self.num_layers, owner=self)
-            elif not isinstance(cache, PrunableCache):
-                raise UnsupportedInputError(
-                    f"{type(cache).__name__} cannot hold per-layer pruned entries; use the default dynamic cache"
-                )
+            # generate()'s fresh cache (or the caller's own empty one) becomes prunable in place, so whoever
+            # holds that object keeps using it; anything else is refused.
+            cache = PrunableCache.adopt(cache, self.num_layers, owner=self)
             kwargs = {**kwargs, "past_key_values": cache}
         else:
             cache = None
@@ -383,6 +386,7 @@ class PruningSession:
             keep = torch.minimum(keep, present)
             if bool((keep < present).any()):
                 hidden = self._cut(i, f, hidden, present, keep)
+            f.report.record_cut(i, f.layout.source, f.layout.visual)
         f.report.record_prefill_layer(i, f.layout.valid.sum(1), f.layout.visual.sum(1))
         if f.cache is not None:
             layer: PrunableLayer = f.cache.layers[i]
@@ -418,7 +422,6 @@ class PruningSession:
         cos, sin = f.full_rope
         f.rope = (cos.gather(1, src.expand(-1, -1, cos.shape[-1])), sin.gather(1, src.expand(-1, -1, sin.shape[-1])))
         f.mask = prefill_mask(f.layout.valid, f.backend, hidden.dtype)
-        f.report.record_cut(i, f.layout.source, f.layout.visual)
         return hidden
 
     def _decode_layer(self, i: int, f: _Decode, args, kwargs):

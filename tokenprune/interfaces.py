@@ -76,7 +76,8 @@ class AttentionView:
         query_pos = rows + (lk - q_len)
         allowed = self.key_valid[:, None, :] & (key_pos[None, None, :] <= query_pos[:, :, None])
         logits = logits.masked_fill(~allowed[:, None], float("-inf"))
-        return torch.softmax(logits, dim=-1)
+        # A row with no visible key (a padding or filler query) gets zeros, not the NaN of softmax(-inf).
+        return torch.softmax(logits, dim=-1).masked_fill(~allowed.any(-1)[:, None, :, None], 0.0)
 
 
 class ScoreProvider(ABC):

@@ -6,7 +6,9 @@ when read. FLOPs count the language model only (the vision tower is not pruned) 
 tokens computed and, when decoding, kv cached entries attended:
   linear = 2 n (D*H*Dh [q] + 2*D*Hkv*Dh [k, v] + H*Dh*D [o] + 3*D*F [SwiGLU])
   attention = 4 H Dh * n(n+1)/2 in prefill (causal QK^T and AV), 4 H Dh * kv per decode token
-plus 2*D*V per logit row of lm_head, plus the attention rows tokenprune computes for scoring.
+plus 2*D*V per logit row of lm_head, plus the attention rows tokenprune computes for scoring (counted on
+the pruned side only: honest overhead, so a setting that removes almost nothing can show a ratio just
+above 1; settings that remove nothing do no scoring and give exactly 1).
 The FastV paper's formula 4nd^2 + 2n^2 d + 2ndm per layer is given for prefill, for comparison with tables.
 KV bytes: `total` is what the cache tensors hold (padding and filler included), `visual` the entries of
 visual tokens; both per step from 0 (right after prefill), peak and mean over the generation.
