@@ -47,15 +47,14 @@ def main() -> None:
     ]
     reports = {}
 
-    def generate(n: int) -> int:
-        out = model.generate(**data, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        return out.shape[1] - data["input_ids"].shape[1]
+    def generate(n: int, stopping_criteria) -> None:
+        model.generate(**data, max_new_tokens=n, min_new_tokens=n, do_sample=False, stopping_criteria=stopping_criteria)
 
     timings = measure(methods, generate, args.new_tokens, repeats=args.repeats,
                       on_step=lambda label: print(label, flush=True))
     for name, factory in methods[1:]:
         with torch.inference_mode(), factory() as run:
-            generate(args.new_tokens)
+            generate(args.new_tokens, None)
         flops = run.report.flops()
         reports[name] = {"prefill_flops_ratio": flops["prefill_ratio"], "decode_flops_ratio": flops["decode_ratio"]}
     result = {

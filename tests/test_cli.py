@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import torch
 from rich.console import Console
 
 from tokenprune import cli, timing
@@ -122,7 +123,7 @@ def test_helpers():
 
 
 def test_timing_interleaves_and_reports_ratios():
-    calls: list[tuple[str, int]] = []
+    calls: list[str] = []
     active: list[str] = []
 
     def method(name):
@@ -134,21 +135,40 @@ def test_timing_interleaves_and_reports_ratios():
 
         return name, factory
 
-    def generate(n):
-        calls.append((active[-1] if active else "baseline", n))
-        return n
+    def generate(n, stopping_criteria):
+        calls.append(active[-1] if active else "baseline")
+        ids = torch.zeros(1, 1, dtype=torch.long)
+        for _ in range(n):  # what generate() does after every new token
+            stopping_criteria(ids, None)
 
     result = timing.measure(
         [timing.baseline_method(), method("a"), method("b")], generate, new_tokens=5, repeats=2, warmup=1
     )
-    order = [name for name, n in calls if n == 5]
-    assert order == ["baseline", "a", "b"] * 3  # warm-up, then two interleaved repeats
-    assert all(len(t.ttft_s) == 2 for t in result.values())
+    assert calls == ["baseline", "a", "b"] * 3  # warm-up, then two interleaved repeats
+    assert all(len(t.ttft_s) == 2 and t.produced == [5, 5] for t in result.values())
     rel = timing.ratios(result)
     assert rel["baseline"]["ttft_ratio"] == 1.0 and rel["baseline"]["decode_ratio"] == 1.0
     assert set(rel["a"]) == {"ttft_ratio", "decode_ratio", "end_to_end_ratio"}
-    t = timing.Timing("x", new_tokens=3, ttft_s=[1.0, 2.0, 3.0], full_s=[3.0, 4.0, 9.0], produced=[3, 3, 3])
-    assert t.ttft == 2.0 and t.decode_per_token == 1.0  # medians of (full - ttft) / (n - 1) = 1, 1, 3
+    t = timing.Timing("x", new_tokens=3)
+    for start, stamps, end in [(0.0, [1.0, 2.0, 3.0], 3.5), (0.0, [2.0, 3.0, 4.0], 4.0), (0.0, [3.0, 6.0, 9.0], 9.0)]:
+        t.add(start, stamps, end)
+    assert t.ttft == 2.0 and t.decode_per_token == 1.0 and t.end_to_end == 4.0  # medians
+
+
+def test_token_clock_times_a_real_generate():
+    from tokenprune.tiny import TinySpec, build_model, make_inputs
+
+    spec = TinySpec(layers=2, grid=3)
+    model, data = build_model(spec), make_inputs(spec)
+
+    def generate(n, stopping_criteria):
+        model.generate(**data, max_new_tokens=n, min_new_tokens=n, do_sample=False, stopping_criteria=stopping_criteria)
+
+    result = timing.measure([timing.baseline_method()], generate, new_tokens=4, repeats=2)
+    t = result["baseline"]
+    assert t.produced == [4, 4]
+    assert all(0 < ttft <= full for ttft, full in zip(t.ttft_s, t.full_s))
+    assert all(d > 0 for d in t.decode_s)
 
 
 # ----------------------------------------------------------------------------------------- docs in sync

@@ -373,9 +373,8 @@ def run_demo(
                 progress.advance(step)
 
         # ---- timing: interleaved repeats, medians, ratios to the baseline
-        def timed_generate(n: int) -> int:
-            out = generate(n, min_new_tokens=n)
-            return out.shape[1] - prompt_len
+        def timed_generate(n: int, stopping_criteria) -> None:
+            generate(n, min_new_tokens=n, stopping_criteria=stopping_criteria)
 
         timed_methods = [timing.baseline_method()] + [(s.name, (lambda s=s: tp.prune(m, s))) for s in strategies]
 

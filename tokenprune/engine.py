@@ -63,7 +63,6 @@ class _Prefill:
     total_visual: torch.Tensor  # (B,) N_b
     image_end: torch.Tensor  # (B,) prompt index of the last visual token (-1 without image)
     backend: str
-    horizon: int | None
     score_layers: set[int]
     length: int  # padded prompt length
     changed: bool = False
@@ -303,7 +302,6 @@ class PruningSession:
             total_visual=visual.sum(1),
             image_end=image_end,
             backend=self._backend(),
-            horizon=horizon,
             score_layers=score_layers,
             length=length,
         )
@@ -381,9 +379,7 @@ class PruningSession:
             bsz = hidden.shape[0]
             f.full_rope = (cos.expand(bsz, -1, -1), sin.expand(bsz, -1, -1))
         if i in self.cut_layers:
-            present = f.layout.visual.sum(1)
-            keep = self.strategy.schedule.keep(i, present, f.total_visual).clamp(min=0)
-            keep = torch.minimum(keep, present)
+            present, keep = self._budget(i, f)
             if bool((keep < present).any()):
                 hidden = self._cut(i, f, hidden, present, keep)
             f.report.record_cut(i, f.layout.source, f.layout.visual)
@@ -398,6 +394,12 @@ class PruningSession:
         if args:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
+
+    def _budget(self, layer: int, f: _Prefill) -> tuple[torch.Tensor, torch.Tensor]:
+        """(visual tokens present, visual tokens to keep) per sample at cut layer `layer`."""
+        present = f.layout.visual.sum(1)
+        keep = self.strategy.schedule.keep(layer, present, f.total_visual).clamp(min=0)
+        return present, torch.minimum(keep, present)
 
     def _cut(self, i: int, f: _Prefill, hidden: torch.Tensor, present: torch.Tensor, keep: torch.Tensor):
         lay = f.layout
@@ -501,8 +503,7 @@ class PruningSession:
         view = self._view(i, f, module, keys, cos, sin, lay.valid, lay.visual, text_after)
         nxt = i + 1
         if nxt in self.cut_layers and self.strategy.score is not None:
-            present = lay.visual.sum(1)
-            keep = self.strategy.schedule.keep(nxt, present, f.total_visual)
+            present, keep = self._budget(nxt, f)  # the cut at i + 1 sees this layer's tokens
             if bool(((keep > 0) & (keep < present)).any()):
                 f.next_scores = self.strategy.score.score(view)
         if f.cache is not None and self.strategy.decay.active:

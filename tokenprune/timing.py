@@ -1,11 +1,13 @@
 """Side-by-side latency measurement: every method against the unpruned baseline, in one process.
 
-Rules (shared by the demo and future benchmarks):
+Rules (shared by the demo and the benchmarks):
 - same inputs for every method, one warm-up run of each before anything is timed;
 - interleaved repeats (baseline, A, B, ..., baseline, A, B, ...) so drift (thermal, caches, other
   processes) hits all methods alike; the median over repeats is reported;
-- TTFT = time of a generate call producing 1 new token (prefill + first token);
-  decode ms/token = (time of a generate call producing n tokens - TTFT) / (n - 1);
+- one generate call per repeat, timed token by token through a `StoppingCriteria` clock (called by
+  generate after every new token): TTFT = start -> first token (prefill + first token), decode per
+  token = first -> last token / (n - 1), end-to-end = the whole call. No subtraction of separately timed
+  runs, so noise can never make a decode time negative;
 - results are always shown as ratios to the baseline measured here. On CPU, absolute times of small
   models mean little (Python overhead dominates); the ratios are what to read.
 
@@ -22,20 +24,35 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 #: a method to time: its display name and a factory of the context manager that switches it on
 Method = tuple[str, Callable[[], ContextManager[Any]]]
 
 
+class TokenClock(StoppingCriteria):
+    """Records the time at which generate() produced each new token; never stops generation."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.sync()
+        self.stamps.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @dataclass
 class Timing:
-    """Raw timings of one method: one (ttft, full) pair of seconds per repeat."""
+    """Raw timings of one method, one entry per repeat (seconds)."""
 
     name: str
     new_tokens: int
     ttft_s: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)  # per token
     full_s: list[float] = field(default_factory=list)
-    produced: list[int] = field(default_factory=list)  # new tokens the full run actually generated
+    produced: list[int] = field(default_factory=list)  # new tokens the run actually generated
 
     @property
     def ttft(self) -> float:
@@ -49,12 +66,14 @@ class Timing:
 
     @property
     def decode_per_token(self) -> float:
-        """Median over repeats of (full - ttft) / (n - 1), seconds per token (0 when n <= 1)."""
-        per_repeat = [
-            (full - ttft) / (n - 1) if n > 1 else 0.0
-            for ttft, full, n in zip(self.ttft_s, self.full_s, self.produced)
-        ]
-        return statistics.median(per_repeat)
+        """Median decode time per token after the first, seconds (0 when only one token was produced)."""
+        return statistics.median(self.decode_s)
+
+    def add(self, start: float, stamps: list[float], end: float) -> None:
+        self.ttft_s.append(stamps[0] - start)
+        self.decode_s.append((stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else 0.0)
+        self.full_s.append(end - start)
+        self.produced.append(len(stamps))
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +83,7 @@ class Timing:
             "decode_s_per_token": self.decode_per_token,
             "end_to_end_s": self.end_to_end,
             "ttft_s_all": list(self.ttft_s),
+            "decode_s_per_token_all": list(self.decode_s),
             "end_to_end_s_all": list(self.full_s),
         }
 
@@ -99,7 +119,7 @@ def default_sync() -> Callable[[], None]:
 
 def measure(
     methods: Sequence[Method],
-    generate: Callable[[int], int | None],
+    generate: Callable[[int, StoppingCriteriaList], Any],
     new_tokens: int,
     repeats: int = 3,
     warmup: int = 1,
@@ -108,10 +128,10 @@ def measure(
 ) -> dict[str, Timing]:
     """Time every method side by side; returns name -> Timing (in the order given).
 
-    `generate(max_new_tokens)` runs one generation on fixed inputs and returns how many new tokens it
-    produced (or None for "exactly max_new_tokens"); it should force that length (e.g. with
-    `min_new_tokens`) so every method decodes the same number of steps. `on_step(label)` is called
-    after each warm-up / repeat of each method, for progress displays.
+    `generate(max_new_tokens, stopping_criteria)` runs one generation on fixed inputs and must pass
+    `stopping_criteria` to `model.generate`; it should force the length (e.g. `min_new_tokens`) so every
+    method decodes the same number of steps. `on_step(label)` is called after each warm-up / repeat of
+    each method, for progress displays.
     """
     if new_tokens < 1:
         raise ValueError(f"new_tokens must be >= 1, not {new_tokens}")
@@ -123,30 +143,28 @@ def measure(
     sync = sync or default_sync()
     timings = {name: Timing(name, new_tokens) for name in names}
 
-    def timed(n: int) -> tuple[float, int]:
+    def timed() -> tuple[float, list[float], float]:
+        clock = TokenClock(sync)
         sync()
         start = time.perf_counter()
-        produced = generate(n)
+        generate(new_tokens, StoppingCriteriaList([clock]))
         sync()
-        return time.perf_counter() - start, n if produced is None else int(produced)
+        end = time.perf_counter()
+        if not clock.stamps:
+            raise RuntimeError("generate() never called its stopping criteria: pass `stopping_criteria` through")
+        return start, clock.stamps, end
 
     with torch.inference_mode():
         for w in range(warmup):
             for name, factory in methods:
                 with factory():
-                    timed(1)
-                    timed(new_tokens)
+                    timed()
                 if on_step:
                     on_step(f"warm-up {w + 1}/{warmup}: {name}")
         for r in range(repeats):
             for name, factory in methods:
                 with factory():
-                    ttft, _ = timed(1)
-                    full, produced = timed(new_tokens)
-                t = timings[name]
-                t.ttft_s.append(ttft)
-                t.full_s.append(full)
-                t.produced.append(produced)
+                    timings[name].add(*timed())
                 if on_step:
                     on_step(f"repeat {r + 1}/{repeats}: {name}")
     return timings
