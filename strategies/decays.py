@@ -20,8 +20,8 @@ class NoDecay(CacheDecay):
 
 
 @dataclass(frozen=True)
-class CosineDecay(CacheDecay):
-    """VTA: f + (1 - f) * (1 + cos(pi * min(t, T) / T)) / 2."""
+class Annealing(CacheDecay):
+    """Shared shape of the VTA decays: from 1 at step 0 down to `final_fraction` at the horizon."""
 
     final_fraction: float
     horizon: int | None = None
@@ -31,23 +31,26 @@ class CosineDecay(CacheDecay):
     def active(self) -> bool:  # type: ignore[override]
         return self.final_fraction < 1.0
 
+    def progress(self, x: float) -> float:
+        """The curve from 1 (x = 0, right after prefill) to 0 (x = 1, the horizon)."""
+        raise NotImplementedError
+
     def fraction(self, step: int, horizon: int) -> float:
         f = self.final_fraction
-        return f + (1.0 - f) * (1.0 + math.cos(math.pi * min(step, horizon) / horizon)) / 2.0
+        return f + (1.0 - f) * self.progress(min(step, horizon) / horizon)
 
 
 @dataclass(frozen=True)
-class LinearDecay(CacheDecay):
+class CosineDecay(Annealing):
+    """VTA: f + (1 - f) * (1 + cos(pi * min(t, T) / T)) / 2."""
+
+    def progress(self, x: float) -> float:
+        return (1.0 + math.cos(math.pi * x)) / 2.0
+
+
+@dataclass(frozen=True)
+class LinearDecay(Annealing):
     """Ablation: straight line from 1 to f over the horizon."""
 
-    final_fraction: float
-    horizon: int | None = None
-    evict_every: int = 1
-
-    @property
-    def active(self) -> bool:  # type: ignore[override]
-        return self.final_fraction < 1.0
-
-    def fraction(self, step: int, horizon: int) -> float:
-        f = self.final_fraction
-        return 1.0 - (1.0 - f) * min(step, horizon) / horizon
+    def progress(self, x: float) -> float:
+        return 1.0 - x
