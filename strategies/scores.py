@@ -16,9 +16,7 @@ class LastQueryAttention(ScoreProvider):
     name: str = "last_query_attention"
 
     def score(self, view: AttentionView) -> torch.Tensor:
-        bsz, q_len = view.raw_queries.shape[:2]
-        rows = torch.full((bsz, 1), q_len - 1, dtype=torch.long, device=view.keys.device)
-        return view.attention(rows).mean(dim=1)[:, 0]
+        return view.last_query_attention()
 
 
 @dataclass(frozen=True)

@@ -508,20 +508,14 @@ class PruningSession:
                 f.next_scores = self.strategy.score.score(view)
         if f.cache is not None and self.strategy.decay.active:
             # Seed the eviction score with the last prompt token's attention at this layer.
-            f.cache.layers[i].scores = self._last_query_attention(view)
+            f.cache.layers[i].scores = view.last_query_attention()
         f.report.scoring_flops["prefill"] += view.flops
-
-    @staticmethod
-    def _last_query_attention(view: AttentionView) -> torch.Tensor:
-        bsz, q_len = view.raw_queries.shape[:2]
-        rows = torch.full((bsz, 1), q_len - 1, dtype=torch.long, device=view.keys.device)
-        return view.attention(rows).mean(dim=1)[:, 0]
 
     def _decode_scores(self, i: int, f: _Decode, module, cos, sin) -> None:
         layer: PrunableLayer = f.cache.layers[i]
         no_text = torch.zeros_like(f.positions, dtype=torch.bool)
         view = self._view(i, f, module, layer.keys, cos, sin, layer.valid, layer.visual, no_text)
-        layer.scores = layer.scores + self._last_query_attention(view)
+        layer.scores = layer.scores + view.last_query_attention()
         f.report.scoring_flops["decode"] += view.flops
 
     # ------------------------------------------------------------------------------------------ outputs

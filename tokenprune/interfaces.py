@@ -80,6 +80,23 @@ class AttentionView:
         return torch.softmax(logits, dim=-1).masked_fill(~allowed.any(-1)[:, None, :, None], 0.0)
 
 
+    def last_query_attention(self) -> torch.Tensor:
+        """(B, Lk) float32 attention of the last query, averaged over heads.
+
+        The fast path of `attention` for the most common row: every key precedes the last query, so no
+        causal mask and no gather are needed (this runs at every layer of every decode step under VTA).
+        """
+        bsz, q_len = self.raw_queries.shape[:2]
+        kv_heads, lk = self.keys.shape[1], self.keys.shape[2]
+        q = self.raw_queries[:, -1:].view(bsz, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        q, _ = self.rotary(q, q, self.cos[:, -1:], self.sin[:, -1:])
+        q = q.reshape(bsz, kv_heads, self.num_heads // kv_heads, self.head_dim)
+        logits = torch.matmul(q, self.keys.transpose(-1, -2)).view(bsz, self.num_heads, lk).float() * self.scaling
+        self.flops += 2 * bsz * self.num_heads * lk * self.head_dim
+        logits = logits.masked_fill(~self.key_valid[:, None, :], float("-inf"))
+        return torch.softmax(logits, dim=-1).mean(dim=1)
+
+
 class ScoreProvider(ABC):
     """Gives each entry of a layer an importance score; the engine ranks only the visual ones."""
 
