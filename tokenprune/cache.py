@@ -110,17 +110,15 @@ class PrunableCache(DynamicCache):
         """
         if cache is None:
             return cls(num_layers, owner)
-        if isinstance(cache, PrunableCache) and cache.processed == 0:
-            cache._make_prunable(num_layers, owner)
-            return cache
         if type(cache) is DynamicCache and cache.get_seq_length() == 0 and not cache.offloading:
             cache.__class__ = cls
-            cache._make_prunable(num_layers, owner)
-            return cache
-        raise UnsupportedInputError(
-            f"{type(cache).__name__} cannot hold per-layer pruned entries; pass no cache (generate makes one) "
-            "or an empty, non-offloaded DynamicCache"
-        )
+        elif not (isinstance(cache, PrunableCache) and cache.processed == 0):
+            raise UnsupportedInputError(
+                f"{type(cache).__name__} cannot hold per-layer pruned entries; pass no cache (generate makes one) "
+                "or an empty, non-offloaded DynamicCache"
+            )
+        cache._make_prunable(num_layers, owner)
+        return cache
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         if self.owner is not None and not getattr(self.owner, "active", True):
@@ -129,6 +127,7 @@ class PrunableCache(DynamicCache):
                 "different entries, so it can only be continued inside that context"
             )
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.processed
 

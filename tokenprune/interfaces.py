@@ -64,14 +64,7 @@ class AttentionView:
         cos = self.cos.expand(bsz, -1, -1).gather(1, idx.expand(-1, -1, self.cos.shape[-1]))
         sin = self.sin.expand(bsz, -1, -1).gather(1, idx.expand(-1, -1, self.sin.shape[-1]))
         q, _ = self.rotary(q, q, cos, sin)
-        # Query heads h = kv * groups + g share key head kv (repeat_kv); fold the groups into the query
-        # axis instead of copying the keys. Scores in the model dtype, softmax in float32, as eager does.
-        kv_heads, n_rows = self.keys.shape[1], rows.shape[1]
-        groups = self.num_heads // kv_heads
-        q = q.reshape(bsz, kv_heads, groups * n_rows, self.head_dim)
-        logits = torch.matmul(q, self.keys.transpose(-1, -2)).view(bsz, self.num_heads, n_rows, lk)
-        logits = logits.float() * self.scaling
-        self.flops += 2 * bsz * self.num_heads * n_rows * lk * self.head_dim
+        logits = self._logits(q)
         key_pos = torch.arange(lk, device=rows.device)
         query_pos = rows + (lk - q_len)
         allowed = self.key_valid[:, None, :] & (key_pos[None, None, :] <= query_pos[:, :, None])
@@ -79,6 +72,19 @@ class AttentionView:
         # A row with no visible key (a padding or filler query) gets zeros, not the NaN of softmax(-inf).
         return torch.softmax(logits, dim=-1).masked_fill(~allowed.any(-1)[:, None, :, None], 0.0)
 
+    def _logits(self, q: torch.Tensor) -> torch.Tensor:
+        """Scaled float32 q.k scores (B, H, Q, Lk) of rotated queries q (B, H, Q, Dh) against every key.
+
+        Query heads h = kv * groups + g share key head kv (repeat_kv); the groups are folded into the
+        query axis instead of copying the keys. Scores in the model dtype, softmax later in float32, as
+        eager attention does.
+        """
+        bsz, _, n_rows, _ = q.shape
+        kv_heads, lk = self.keys.shape[1], self.keys.shape[2]
+        q = q.reshape(bsz, kv_heads, (self.num_heads // kv_heads) * n_rows, self.head_dim)
+        logits = torch.matmul(q, self.keys.transpose(-1, -2)).view(bsz, self.num_heads, n_rows, lk)
+        self.flops += 2 * bsz * self.num_heads * n_rows * lk * self.head_dim
+        return logits.float() * self.scaling
 
     def last_query_attention(self) -> torch.Tensor:
         """(B, Lk) float32 attention of the last query, averaged over heads.
@@ -86,14 +92,10 @@ class AttentionView:
         The fast path of `attention` for the most common row: every key precedes the last query, so no
         causal mask and no gather are needed (this runs at every layer of every decode step under VTA).
         """
-        bsz, q_len = self.raw_queries.shape[:2]
-        kv_heads, lk = self.keys.shape[1], self.keys.shape[2]
+        bsz = self.raw_queries.shape[0]
         q = self.raw_queries[:, -1:].view(bsz, 1, self.num_heads, self.head_dim).transpose(1, 2)
         q, _ = self.rotary(q, q, self.cos[:, -1:], self.sin[:, -1:])
-        q = q.reshape(bsz, kv_heads, self.num_heads // kv_heads, self.head_dim)
-        logits = torch.matmul(q, self.keys.transpose(-1, -2)).view(bsz, self.num_heads, lk).float() * self.scaling
-        self.flops += 2 * bsz * self.num_heads * lk * self.head_dim
-        logits = logits.masked_fill(~self.key_valid[:, None, :], float("-inf"))
+        logits = self._logits(q)[:, :, 0].masked_fill(~self.key_valid[:, None, :], float("-inf"))
         return torch.softmax(logits, dim=-1).mean(dim=1)
 
 
