@@ -1,17 +1,23 @@
-"""Adapter for LLaVA-1.5 (`LlavaForConditionalGeneration`) with a LLaMA-family language model."""
+"""Adapter for LLaVA-1.5 (`LlavaForConditionalGeneration`) with a LLaMA-family language model.
+
+Also holds what every LLaVA-style adapter shares: finding the parts of a LLaMA-family language model,
+finding image placeholders, and splitting them into images (`image_layout`).
+"""
 
 from __future__ import annotations
 
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from tokenprune.errors import UnsupportedModelError
+from tokenprune.errors import UnsupportedInputError, UnsupportedModelError
 from tokenprune.hookspecs import hookimpl
-from tokenprune.interfaces import ModelAdapter, ModelParts
+from tokenprune.interfaces import ModelAdapter, ModelParts, VisualTokens
 
 # Backbones whose decoder layers take (hidden_states, attention_mask, position_ids, past_key_values,
 # use_cache, position_embeddings) and whose attention has q_proj/k_proj + rotate-half RoPE.
 LLAMA_FAMILY = ("LlamaModel", "MistralModel")
+# Vision towers that give every image (or every anyres crop) the same number of features.
+FIXED_GRID_TOWERS = ("clip_vision_model", "siglip_vision_model")
 
 
 def llama_family_parts(language_model: torch.nn.Module, entry: torch.nn.Module, lm_head, model_name: str) -> ModelParts:
@@ -23,11 +29,6 @@ def llama_family_parts(language_model: torch.nn.Module, entry: torch.nn.Module, 
             f"backbones {', '.join(LLAMA_FAMILY)}"
         )
     cfg = language_model.config
-    if getattr(cfg, "sliding_window", None):
-        raise UnsupportedModelError(
-            f"{model_name}: sliding-window attention (sliding_window={cfg.sliding_window}) is not supported; "
-            "use a config with sliding_window=None"
-        )
     layers = list(language_model.layers)
     if len(layers) != cfg.num_hidden_layers or not layers:
         raise UnsupportedModelError(
@@ -49,24 +50,85 @@ def llama_family_parts(language_model: torch.nn.Module, entry: torch.nn.Module, 
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
         vocab_size=cfg.vocab_size,
+        # Mistral's window: the engine's own masks are plain causal, so it checks sequences stay inside it.
+        sliding_window=getattr(cfg, "sliding_window", None),
     )
 
 
-def placeholder_mask(model: torch.nn.Module, kwargs: dict, image_token_id: int) -> torch.Tensor | None:
-    """Positions of image placeholders, from input_ids or (when only embeddings are given) by value."""
+def check_vision_tower(model: torch.nn.Module) -> None:
+    tower = model.config.vision_config.model_type
+    if tower not in FIXED_GRID_TOWERS:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} with a '{tower}' vision tower is not supported (its images have variable "
+            f"token counts and break tokens); supported vision towers: {', '.join(FIXED_GRID_TOWERS)}"
+        )
+
+
+def placeholder_mask(model: torch.nn.Module, kwargs: dict, image_token_id: int) -> torch.Tensor:
+    """(B, L) image placeholders, from input_ids or (when only embeddings are given) by value, as transformers finds them."""
     input_ids = kwargs.get("input_ids")
     if input_ids is not None:
-        mask = input_ids == image_token_id
-    else:
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is None:
-            return None
-        token = torch.tensor(image_token_id, device=embeds.device)
-        mask = (embeds == model.get_input_embeddings()(token).to(embeds.dtype)).all(-1)
-    return mask if bool(mask.any()) else None
+        return input_ids == image_token_id
+    embeds = kwargs["inputs_embeds"]
+    token = torch.tensor(image_token_id, device=embeds.device)
+    return (embeds == model.get_input_embeddings()(token).to(embeds.dtype)).all(-1)
+
+
+def tokens_per_crop(model: torch.nn.Module, kwargs: dict) -> int:
+    """Features the vision tower gives one 2D crop: a (size/patch)^2 grid, plus CLS under 'full' selection."""
+    vision = model.config.vision_config
+    select = kwargs.get("vision_feature_select_strategy") or model.config.vision_feature_select_strategy
+    return (vision.image_size // vision.patch_size) ** 2 + (1 if select == "full" else 0)
+
+
+def image_features_given(kwargs: dict) -> tuple[bool, list | None]:
+    """(images given?, per-image precomputed features or None) from pixel_values / mm_encoder_outputs."""
+    encoded = (kwargs.get("mm_encoder_outputs") or {}).get("image")
+    if encoded is not None:
+        return True, list(encoded.pooler_output)
+    pixels = kwargs.get("pixel_values")
+    return pixels is not None and pixels.shape[0] > 0, None
+
+
+def image_layout(
+    placeholders: torch.Tensor, token_counts: list[int], prunable: torch.Tensor | None, image_token_id: int
+) -> VisualTokens:
+    """Split the placeholders into images and mark which ones are prunable.
+
+    transformers scatters the features of images 0, 1, ... (batch order) into the placeholders in row-major
+    order, so image i owns the placeholders numbered sum(token_counts[:i]) onwards. `prunable` (1D bool over
+    the concatenated image tokens) marks the prunable ones; None means all.
+    """
+    found, expected = int(placeholders.sum()), sum(token_counts)
+    if found != expected:
+        raise UnsupportedInputError(
+            f"the input has {found} image placeholder tokens (image_token_id={image_token_id}) but its "
+            f"{len(token_counts)} image(s) give {expected} visual features ({', '.join(map(str, token_counts))} per "
+            "image); build input_ids with the model's processor so each image gets exactly its feature count"
+        )
+    rows, cols = placeholders.nonzero(as_tuple=True)  # row-major: the order the features are scattered in
+    device = placeholders.device
+    counts = torch.tensor(token_counts, device=device)
+    image = torch.repeat_interleave(torch.arange(len(token_counts), device=device), counts)
+    ends = counts.cumsum(0)
+    if bool((rows[ends - counts] != rows[ends - 1]).any()):
+        raise UnsupportedInputError(
+            "an image's placeholder tokens continue into the next sample; each sample needs exactly the "
+            "placeholders of its own images (build input_ids with the model's processor)"
+        )
+    bsz = placeholders.shape[0]
+    first = torch.full((bsz,), len(token_counts), device=device).scatter_reduce(0, rows, image, "amin")
+    image_of = torch.full(placeholders.shape, -1, dtype=torch.long, device=device)
+    image_of[rows, cols] = image - first[rows]
+    keep = placeholders.clone()
+    if prunable is not None:
+        keep[rows, cols] = prunable.to(device)
+    return VisualTokens(placeholders=placeholders, prunable=keep, image_of=image_of)
 
 
 class LlavaAdapter(ModelAdapter):
+    """LLaVA-1.5: every image gives the same (size/patch)^2 features, all prunable."""
+
     name = "llava"
     model_classes = ("LlavaForConditionalGeneration",)
 
@@ -74,10 +136,34 @@ class LlavaAdapter(ModelAdapter):
         return type(model).__name__ in self.model_classes
 
     def parts(self, model: torch.nn.Module) -> ModelParts:
+        check_vision_tower(model)
         return llama_family_parts(model.model.language_model, model.model, model.lm_head, type(model).__name__)
 
-    def visual_mask(self, model: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:
-        return placeholder_mask(model.model, kwargs, model.config.image_token_id)
+    def images_given(self, kwargs: dict) -> bool:
+        return image_features_given(kwargs)[0]
+
+    def visual_tokens(self, model: torch.nn.Module, kwargs: dict) -> VisualTokens | None:
+        image_token_id = model.config.image_token_id
+        placeholders = placeholder_mask(model.model, kwargs, image_token_id)
+        given, features = image_features_given(kwargs)
+        if not given:
+            return _no_images(placeholders, image_token_id)
+        if features is not None:
+            counts = [f.shape[0] for f in features]  # (tokens, dim) per image
+        else:
+            counts = [tokens_per_crop(model, kwargs)] * kwargs["pixel_values"].shape[0]
+        return image_layout(placeholders, counts, None, image_token_id)
+
+
+def _no_images(placeholders: torch.Tensor, image_token_id: int) -> None:
+    """A prompt without images must not contain placeholders: they would run as text, unpruned."""
+    found = int(placeholders.sum())
+    if found:
+        raise UnsupportedInputError(
+            f"the input has {found} image placeholder tokens (image_token_id={image_token_id}) but no "
+            "pixel_values; pass the images the processor made (or remove the placeholders for a text-only prompt)"
+        )
+    return None
 
 
 @hookimpl

@@ -8,8 +8,8 @@ import torch
 
 from . import registry
 from .engine import PruningSession
-from .errors import InvalidParameterError
-from .interfaces import Strategy
+from .errors import InvalidParameterError, UnsupportedModelError
+from .interfaces import ModelAdapter, Strategy
 
 
 def resolve_strategy(strategy: str | Strategy | dict, **params: Any) -> Strategy:
@@ -36,14 +36,40 @@ def resolve_strategy(strategy: str | Strategy | dict, **params: Any) -> Strategy
     )
 
 
-def prune(model: torch.nn.Module, strategy: str | Strategy | dict = "st3", **params: Any) -> PruningSession:
+def prune(
+    model: torch.nn.Module,
+    strategy: str | Strategy | dict = "st3",
+    *,
+    adapter: str | ModelAdapter | None = None,
+    adapter_options: dict | None = None,
+    **params: Any,
+) -> PruningSession:
     """Prune visual tokens of `model` inside a `with` block; the session's `.report` says what was kept.
 
-    Everything is validated before any hook is installed, so a bad call leaves the model untouched.
+    `adapter` (a registered name or a ModelAdapter) overrides the one found from the model class;
+    `adapter_options` configures it (e.g. {"prune_newlines": True} for LLaVA-NeXT). Everything is
+    validated before any hook is installed, so a bad call leaves the model untouched.
     """
     built = resolve_strategy(strategy, **params)
-    adapter = registry.adapter_for(model)
-    return PruningSession(model, adapter, built)
+    found = resolve_adapter(model, adapter)
+    if adapter_options:
+        found = found.with_options(**adapter_options)
+    return PruningSession(model, found, built)
+
+
+def resolve_adapter(model: torch.nn.Module, adapter: str | ModelAdapter | None = None) -> ModelAdapter:
+    """The adapter for `model`: found from its class, or the named / given one (which must match it)."""
+    if adapter is None:
+        return registry.adapter_for(model)
+    if isinstance(adapter, str):
+        adapter = registry.adapter_named(adapter)
+    elif not isinstance(adapter, ModelAdapter):
+        raise InvalidParameterError(f"adapter must be a registered name or a ModelAdapter, not {type(adapter).__name__}")
+    if not adapter.matches(model):
+        raise UnsupportedModelError(
+            f"adapter '{adapter.name}' does not serve {type(model).__name__} (it serves {', '.join(adapter.model_classes)})"
+        )
+    return adapter
 
 
 def available_strategies() -> list[str]:

@@ -30,10 +30,11 @@ from transformers import GenerationConfig
 
 from .cache import PrunableCache, PrunableLayer
 from .errors import AlreadyPrunedError, UnsupportedInputError, UnsupportedModelError
-from .interfaces import AttentionView, ModelAdapter, Strategy
+from .interfaces import AttentionView, ModelAdapter, Strategy, VisualTokens
 from .report import Report
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass
@@ -76,12 +77,19 @@ class _Prefill:
 
 @dataclass
 class _Decode:
+    """One forward continuing a pruned cache: a generated token, or a new turn of several tokens."""
+
     cache: PrunableCache
-    report: Report
-    positions: torch.Tensor  # (B, 1)
+    positions: torch.Tensor  # (B, M) of the M new tokens
+    new_valid: torch.Tensor  # (B, M) real new tokens (a padded new turn has padding among them)
+    new_all_valid: bool  # host copy of new_valid.all()
     backend: str
     score_layers: set[int]
     stash: dict = field(default_factory=dict)
+
+    @property
+    def report(self) -> Report:
+        return self.cache.report
 
 
 def compact(keep: torch.Tensor) -> torch.Tensor:
@@ -109,6 +117,18 @@ def layer_mask(allowed: torch.Tensor, backend: str, dtype: torch.dtype) -> torch
     if backend == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def decode_mask(valid: torch.Tensor, new: int, backend: str, dtype: torch.dtype) -> torch.Tensor:
+    """Mask of the last `new` entries of a layer (the tokens of this forward) over all its entries `valid`.
+
+    Each new token sees every real earlier entry and the new ones up to itself; a padding query sees only
+    itself so no row is empty.
+    """
+    length = valid.shape[1]
+    key = torch.arange(length, device=valid.device)[None, None, :]
+    query = torch.arange(length - new, length, device=valid.device)[None, :, None]
+    return layer_mask((valid[:, None, :] & (key <= query)) | (key == query), backend, dtype)
 
 
 def prefill_mask(valid: torch.Tensor, backend: str, dtype: torch.dtype) -> torch.Tensor:
@@ -152,6 +172,7 @@ class PruningSession:
         self.adapter = adapter
         self.strategy = strategy
         self.parts = adapter.parts(model)
+        self._check_weights()
         self.num_layers = len(self.parts.layers)
         strategy.check(self.num_layers)
         self.cut_layers = strategy.schedule.cut_layers(self.num_layers)
@@ -168,12 +189,43 @@ class PruningSession:
         """Report of the latest prefill+generation in this context (empty before any)."""
         return self.reports[-1] if self.reports else Report.empty(self.strategy.describe())
 
+    def _check_weights(self) -> None:
+        """Refuse weights the engine cannot serve: not loaded, quantized, or spread over several devices."""
+        params = [*self.parts.language_model.parameters(), *self.parts.lm_head.parameters()]
+        devices = sorted({str(p.device) for p in params})
+        name = type(self.model).__name__
+        if "meta" in devices:
+            raise UnsupportedModelError(
+                f"this {name} has weights on the meta device (not loaded, or offloaded to disk); load the weights "
+                "onto one device (cpu or cuda) before pruning"
+            )
+        if len(devices) > 1:
+            raise UnsupportedModelError(
+                f"this {name}'s language model is spread over the devices {', '.join(devices)}; tokenprune serves "
+                "a language model on one device (load it with a single-device device_map)"
+            )
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.dtype not in SUPPORTED_DTYPES})
+        if dtypes:
+            allowed = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+            raise UnsupportedModelError(
+                f"this {name} has {', '.join(dtypes)} weights (quantized?); tokenprune needs floating-point "
+                f"weights: {allowed}"
+            )
+
+    def _check_window(self, tokens: int) -> None:
+        window = self.parts.sliding_window
+        if window is not None and tokens > window:
+            raise UnsupportedInputError(
+                f"{tokens} tokens exceed the backbone's sliding window of {window}; tokenprune masks pruned "
+                "layers causally and serves sequences inside the window only"
+            )
+
     def _backend(self) -> str:
         backend = getattr(self.parts.text_config, "_attn_implementation", None) or "eager"
         if backend not in SUPPORTED_ATTENTION:
             raise UnsupportedModelError(
-                f"attention backend '{backend}' is not supported; load the model with "
-                f"attn_implementation in {SUPPORTED_ATTENTION}"
+                f"attention backend '{backend}' is not supported (pruned layers need their own 4D masks); load "
+                f"the model with attn_implementation one of {', '.join(SUPPORTED_ATTENTION)}"
             )
         return backend
 
@@ -236,14 +288,14 @@ class PruningSession:
                     "context is not supported; start generation from an empty cache"
                 )
             return None  # continuing a text-only conversation: untouched
-        visual = self.adapter.visual_mask(self.model, kwargs)
-        if visual is None:
+        tokens = self.adapter.visual_tokens(self.model, kwargs)
+        if tokens is None:
             return None  # text-only input: pass through untouched
-        return args, self._start_prefill(visual, cache, kwargs)
+        return args, self._start_prefill(tokens, cache, kwargs)
 
-    def _start_prefill(self, visual: torch.Tensor, cache, kwargs: dict) -> dict:
-        bsz, length = visual.shape
-        device = visual.device
+    def _start_prefill(self, tokens: VisualTokens, cache, kwargs: dict) -> dict:
+        bsz, length = tokens.prunable.shape
+        device = tokens.prunable.device
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is None:
             valid = torch.ones(bsz, length, dtype=torch.bool, device=device)
@@ -259,8 +311,10 @@ class PruningSession:
             )
         if not bool(valid[:, -1].all()):
             raise UnsupportedInputError("a sample whose last token is padding is not supported (use left padding)")
-        visual = visual & valid
+        visual = tokens.prunable & valid
         visual[:, -1] = False  # the last prompt token produces the next token: never removed
+        planned = generation_horizon(length)
+        self._check_window(length + (planned or 0))
         positions = kwargs.get("position_ids")
         if positions is None:  # what the language model itself would use
             positions = torch.arange(length, device=device)[None]
@@ -278,14 +332,16 @@ class PruningSession:
         decay = self.strategy.decay
         horizon = None
         if decay.active and cache is not None:
-            horizon = decay.horizon or generation_horizon(length)
+            horizon = decay.horizon or planned
         index = torch.arange(length, device=device).expand(bsz, -1)
-        image_end = torch.where(visual, index, torch.full_like(index, -1)).max(1).values
+        # End of the last image, newline tokens included: text_mean scores use the text after it.
+        image_end = torch.where(tokens.placeholders & valid, index, torch.full_like(index, -1)).max(1).values
         report = Report.start(
             strategy=self.strategy.describe(),
             parts=self.parts,
             valid=valid,
             visual=visual,
+            image_of=torch.where(valid, tokens.image_of, -1),
             dtype=self._kv_dtype(),
             horizon=horizon,
         )
@@ -312,10 +368,11 @@ class PruningSession:
 
     def _start_decode(self, cache: PrunableCache, kwargs: dict):
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
-        if tokens.shape[1] != 1:
+        bsz, new = tokens.shape[:2]
+        if self.adapter.images_given(kwargs):
             raise UnsupportedInputError(
-                f"a {tokens.shape[1]}-token forward continuing a pruned cache is not supported "
-                "(multi-turn continuation / assisted decoding); decode one token per step"
+                "a new image continuing a pruned KV cache is not supported: its visual tokens would not be "
+                "pruned consistently; put every image in the first prompt, or start from an empty cache"
             )
         if cache.owner is not self or cache.report is None:
             raise UnsupportedInputError(
@@ -326,15 +383,28 @@ class PruningSession:
                 f"strategy '{self.strategy.name}' decays the visual KV cache over a horizon; when decoding "
                 "outside generate(), pass horizon=<decode steps> to tokenprune.prune()"
             )
+        self._check_window(cache.processed + new)
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is None:
+            new_valid = torch.ones(bsz, new, dtype=torch.bool, device=tokens.device)
+        elif attention_mask.dim() != 2 or attention_mask.shape[1] != cache.processed + new:
+            raise UnsupportedInputError(
+                f"attention_mask of shape {tuple(attention_mask.shape)} continuing a pruned cache of "
+                f"{cache.processed} tokens with {new} new ones; pass the 2D mask of all "
+                f"{cache.processed + new} tokens (as generate() does)"
+            )
+        else:
+            new_valid = attention_mask[:, -new:].to(tokens.device).bool()
         positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = torch.full((tokens.shape[0], 1), cache.processed, device=tokens.device)
+        if positions is None:  # what the language model itself would use: the next `new` positions
+            positions = cache.processed + torch.arange(new, device=tokens.device)[None]
         cache.step += 1
         decay_layers = set(range(self.num_layers)) if self.strategy.decay.active else set()
         self._forward = _Decode(
             cache=cache,
-            report=cache.report,
-            positions=positions.expand(tokens.shape[0], -1),
+            positions=positions.to(tokens.device).expand(bsz, -1),
+            new_valid=new_valid,
+            new_all_valid=bool(new_valid.all()),
             backend=self._backend(),
             score_layers=decay_layers,
         )
@@ -353,9 +423,10 @@ class PruningSession:
                 all_valid = torch.stack([layer.valid.all() for layer in layers]).tolist()
                 for layer, count, full in zip(layers, counts, all_valid):
                     layer.initial_visual, layer.visual_count, layer.all_valid = count, count.clone(), full
+                f.report.record_cache(f.cache)
             else:
-                f.cache.processed += 1
-            f.report.record_cache(f.cache)
+                f.cache.processed += f.new_valid.shape[1]
+                f.report.record_cache(f.cache, new_tokens=f.new_valid)
         self._logits_for = (f.report, "prefill" if isinstance(f, _Prefill) else "decode")
         self._forward = None
         return None
@@ -439,12 +510,15 @@ class PruningSession:
                 # Physical removal is batched: one gather of the layer's cache every `evict_every` steps.
                 index = compact(layer.valid)
                 layer.keep_entries(index, layer.valid.gather(1, index))
-        bsz = f.positions.shape[0]
-        ones = torch.ones(bsz, 1, dtype=torch.bool, device=f.positions.device)
-        layer.append_meta(f.positions, ones, ~ones)
+        layer.append_meta(f.positions, f.new_valid, torch.zeros_like(f.new_valid))
+        layer.all_valid = layer.all_valid and f.new_all_valid
         if not layer.pruned:
-            return None
-        mask = None if layer.all_valid else layer_mask(layer.valid[:, None, :], f.backend, self._hidden_dtype(args, kwargs))
+            return None  # entries equal the full sequence: the model's own mask is right
+        new = f.new_valid.shape[1]
+        if new == 1 and layer.all_valid:
+            mask = None  # one query seeing every entry
+        else:
+            mask = decode_mask(layer.valid, new, f.backend, self._hidden_dtype(args, kwargs))
         return args, {**kwargs, "attention_mask": mask}
 
     @staticmethod

@@ -185,10 +185,27 @@ class ModelParts:
     hidden_size: int
     intermediate_size: int
     vocab_size: int
+    sliding_window: int | None = None  # attention window of the backbone; sequences must stay inside it
     extra: dict = field(default_factory=dict)
 
     def attention(self, layer: torch.nn.Module) -> torch.nn.Module:
         return layer.self_attn
+
+
+@dataclass
+class VisualTokens:
+    """Where the images of a batch sit in the prompt, as the adapter found them before the vision features
+    were merged. All (B, L) over the entry module's input tokens."""
+
+    placeholders: torch.Tensor  # bool: every image placeholder (what the vision features fill)
+    prunable: torch.Tensor  # bool: the placeholders a strategy may remove; N_b = prunable[b].sum()
+    image_of: torch.Tensor  # long: which image of its sample (0, 1, ...) a placeholder belongs to; -1 elsewhere
+
+
+class AdapterOptions(BaseModel):
+    """Base of every adapter's option model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelAdapter(ABC):
@@ -197,6 +214,27 @@ class ModelAdapter(ABC):
     name: str
     #: class names this adapter serves, for error messages
     model_classes: tuple[str, ...] = ()
+    #: the adapter's options (a pydantic model); adapters without options keep the empty default
+    Options: type[AdapterOptions] = AdapterOptions
+
+    def __init__(self, options: AdapterOptions | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def with_options(self, **options) -> "ModelAdapter":
+        """A copy of this adapter with validated `options` (InvalidParameterError names the allowed ones)."""
+        from pydantic import ValidationError
+
+        from .errors import InvalidParameterError
+
+        try:
+            validated = self.Options(**{**self.options.model_dump(), **options})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            allowed = ", ".join(self.Options.model_fields) or "none"
+            raise InvalidParameterError(
+                f"invalid options for adapter '{self.name}': {problems} (options of '{self.name}': {allowed})"
+            ) from None
+        return type(self)(validated)
 
     @abstractmethod
     def matches(self, model: torch.nn.Module) -> bool: ...
@@ -205,9 +243,16 @@ class ModelAdapter(ABC):
     def parts(self, model: torch.nn.Module) -> ModelParts:
         """Return the model's parts; raise UnsupportedModelError for a layout the engine cannot serve."""
 
+    def images_given(self, kwargs: dict) -> bool:
+        """True when the entry module's inputs carry images (a continuation of a pruned cache may not)."""
+        return kwargs.get("pixel_values") is not None
+
     @abstractmethod
-    def visual_mask(self, model: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:
-        """(B, L) bool mask of visual tokens from the entry module's inputs, None when there are none."""
+    def visual_tokens(self, model: torch.nn.Module, kwargs: dict) -> VisualTokens | None:
+        """The visual tokens of the entry module's inputs `kwargs`, None for a text-only input.
+
+        Raise UnsupportedInputError when the inputs are inconsistent (e.g. placeholders without images).
+        """
 
 
 @dataclass(frozen=True)

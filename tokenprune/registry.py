@@ -13,7 +13,11 @@ from .interfaces import ModelAdapter, StrategyFactory
 
 # Registered exactly as their entry points in pyproject.toml say; used directly only when tokenprune runs
 # from a source tree that was never installed (so its entry points do not exist).
-BUILTIN_PLUGINS = {"builtin_strategies": "tokenprune.strategies", "llava": "tokenprune.adapters.llava"}
+BUILTIN_PLUGINS = {
+    "builtin_strategies": "tokenprune.strategies",
+    "llava": "tokenprune.adapters.llava",
+    "llava_next": "tokenprune.adapters.llava_next",
+}
 
 
 def plugin_manager() -> pluggy.PluginManager:
@@ -63,7 +67,12 @@ def adapter_for(model) -> ModelAdapter:
     for adapter in known:
         if adapter.matches(model):
             return adapter
-    supported = sorted({cls for adapter in known for cls in adapter.model_classes})
-    raise UnsupportedModelError(
-        f"no tokenprune adapter supports {type(model).__name__}; supported model classes: {', '.join(supported)}"
-    )
+    supported = ", ".join(f"{a.name} ({', '.join(a.model_classes)})" for a in sorted(known, key=lambda a: a.name))
+    raise UnsupportedModelError(f"no tokenprune adapter supports {type(model).__name__}; available adapters: {supported}")
+
+
+def adapter_named(name: str) -> ModelAdapter:
+    known = {adapter.name: adapter for adapter in adapters()}
+    if name not in known:
+        raise UnsupportedModelError(f"unknown adapter '{name}'; available adapters: {', '.join(sorted(known))}")
+    return known[name]

@@ -5,7 +5,8 @@ when read. FLOPs count the language model only (the vision tower is not pruned) 
 (padding and filler are excluded from baseline and pruned alike). Per decoder layer and sample with n
 tokens computed and, when decoding, kv cached entries attended:
   linear = 2 n (D*H*Dh [q] + 2*D*Hkv*Dh [k, v] + H*Dh*D [o] + 3*D*F [SwiGLU])
-  attention = 4 H Dh * n(n+1)/2 in prefill (causal QK^T and AV), 4 H Dh * kv per decode token
+  attention = 4 H Dh * n(n+1)/2 in prefill (causal QK^T and AV), 4 H Dh * kv per decode token, where kv
+  counts the entries a token sees (a multi-token continuation, e.g. a new chat turn, is causal among itself)
 plus 2*D*V per logit row of lm_head, plus the attention rows tokenprune computes for scoring (counted on
 the pruned side only: honest overhead, so a setting that removes almost nothing can show a ratio just
 above 1; settings that remove nothing do no scoring and give exactly 1).
@@ -30,7 +31,8 @@ class Report:
     strategy: dict
     arch: dict = field(default_factory=dict)
     prompt_tokens: list[int] = field(default_factory=list)  # real tokens per sample
-    visual_tokens: list[int] = field(default_factory=list)  # N_b per sample
+    visual_tokens: list[int] = field(default_factory=list)  # N_b per sample (prunable visual tokens)
+    images: list[int] = field(default_factory=list)  # images per sample
     padded_length: int = 0
     horizon: int | None = None
     kv_dtype_bytes: int = 0
@@ -39,8 +41,11 @@ class Report:
     kept_visual_positions: dict = field(default_factory=dict)  # cut layer -> sample -> prompt indices
     _prefill_tokens: dict = field(default_factory=dict)  # layer -> (B,) tensor
     _prefill_visual: dict = field(default_factory=dict)
-    _steps: list = field(default_factory=list)  # per step: (visual (Lyr,B), entries (Lyr,B), physical (Lyr,))
+    # per step: (visual (Lyr,B), entries (Lyr,B), physical (Lyr,), real new tokens (B,), new columns); step 0
+    # is the prefill, with (None, 0) for the new tokens
+    _steps: list = field(default_factory=list)
     _cuts: dict = field(default_factory=dict)
+    _image_of: torch.Tensor | None = None  # (B, L) image of each prunable visual token of the prompt, -1 elsewhere
 
     # ------------------------------------------------------------------------------------ recording
     @classmethod
@@ -48,7 +53,9 @@ class Report:
         return cls(strategy=strategy)
 
     @classmethod
-    def start(cls, strategy: dict, parts, valid: torch.Tensor, visual: torch.Tensor, dtype, horizon) -> "Report":
+    def start(
+        cls, strategy: dict, parts, valid: torch.Tensor, visual: torch.Tensor, image_of: torch.Tensor, dtype, horizon
+    ) -> "Report":
         arch = {
             "layers": len(parts.layers),
             "hidden_size": parts.hidden_size,
@@ -63,9 +70,11 @@ class Report:
             arch=arch,
             prompt_tokens=valid.sum(1).tolist(),
             visual_tokens=visual.sum(1).tolist(),
+            images=(image_of.max(1).values + 1).tolist(),
             padded_length=valid.shape[1],
             horizon=horizon,
             kv_dtype_bytes=torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 1,
+            _image_of=torch.where(visual, image_of, -1),
         )
 
     def record_prefill_layer(self, layer: int, tokens: torch.Tensor, visual: torch.Tensor) -> None:
@@ -75,13 +84,16 @@ class Report:
     def record_cut(self, layer: int, source: torch.Tensor, visual: torch.Tensor) -> None:
         self._cuts[layer] = (source, visual)
 
-    def record_cache(self, cache) -> None:
+    def record_cache(self, cache, new_tokens: torch.Tensor | None = None) -> None:
+        """Cache state after a forward; `new_tokens` (B, M) marks the real tokens a decode forward added."""
         layers = cache.layers
         self._steps.append(
             (
                 torch.stack([l.visual.sum(1) for l in layers]),
                 torch.stack([l.valid.sum(1) for l in layers]),
                 torch.tensor([l.keys.shape[2] for l in layers]),
+                None if new_tokens is None else new_tokens.sum(1),
+                0 if new_tokens is None else new_tokens.shape[1],
             )
         )
 
@@ -108,6 +120,22 @@ class Report:
             out[layer] = [src[vis].tolist() for src, vis in zip(source, visual)]
         return out
 
+    def _per_image(self, source: torch.Tensor, visual: torch.Tensor) -> list[list[int]]:
+        image = torch.where(visual, self._image_of.to(source.device).gather(1, source), -1)
+        return [[int((row == i).sum()) for i in range(n)] for row, n in zip(image, self.images)]
+
+    @property
+    def visual_tokens_per_image(self) -> list[list[int]]:
+        """[sample][image] prunable visual tokens of each image of each sample."""
+        if self._image_of is None:
+            return []
+        return [[int((row == i).sum()) for i in range(n)] for row, n in zip(self._image_of, self.images)]
+
+    @property
+    def kept_visual_per_image(self) -> dict[int, list[list[int]]]:
+        """cut layer -> [sample][image] visual tokens of each image kept from that layer on."""
+        return {layer: self._per_image(source, visual) for layer, (source, visual) in sorted(self._cuts.items())}
+
     @property
     def decode_steps(self) -> int:
         return max(0, len(self._steps) - 1)
@@ -115,12 +143,12 @@ class Report:
     @property
     def visual_cache_entries(self) -> list[list[list[int]]]:
         """[step][layer][sample] visual KV entries, step 0 = right after prefill."""
-        return [vis.tolist() for vis, _, _ in self._steps]
+        return [step[0].tolist() for step in self._steps]
 
     @property
     def cache_entries_per_step(self) -> list[list[list[int]]]:
         """[step][layer][sample] real KV entries (text + generated + visual) attended at each step."""
-        return [ent.tolist() for _, ent, _ in self._steps]
+        return [step[1].tolist() for step in self._steps]
 
     @property
     def cache_entries(self) -> list[list[int]]:
@@ -153,11 +181,18 @@ class Report:
         baseline_prefill += self.logit_rows["prefill"] * lm_head
         attn = 4 * a["num_heads"] * a["head_dim"]
         linear = self._linear_per_token()
+
+        def decode_flops(queries: int, entries: int) -> int:  # `queries` new tokens, the last of `entries`
+            return queries * linear + attn * (queries * (entries - queries) + queries * (queries + 1) // 2)
+
         decode = baseline_decode = 0
-        for t, entries in enumerate(self.cache_entries_per_step[1:], start=1):
-            for per_layer in entries:
-                decode += sum(linear + attn * kv for kv in per_layer)
-            baseline_decode += a["layers"] * sum(linear + attn * (p + t) for p in self.prompt_tokens)
+        seen = list(self.prompt_tokens)  # real tokens of each sample an unpruned cache would hold
+        for _, entries, _, queries, _ in self._steps[1:]:
+            queries = queries.tolist()
+            for per_layer in entries.tolist():
+                decode += sum(decode_flops(q, e) for q, e in zip(queries, per_layer))
+            seen = [s + q for s, q in zip(seen, queries)]
+            baseline_decode += a["layers"] * sum(decode_flops(q, s) for q, s in zip(queries, seen))
         decode += self.logit_rows["decode"] * lm_head + self.scoring_flops["decode"]
         baseline_decode += self.logit_rows["decode"] * lm_head
         fastv = sum(self._fastv_formula(n) for per_layer in layers for n in per_layer)
@@ -183,10 +218,12 @@ class Report:
         per_entry = 2 * a["num_kv_heads"] * a["head_dim"] * self.kv_dtype_bytes
         bsz = self.batch_size
         total, visual, base_total, base_visual = [], [], [], []
-        for t, (vis, _, physical) in enumerate(self._steps):
+        columns = self.padded_length  # what an unpruned cache holds per sample, padding included
+        for vis, _, physical, _, new_columns in self._steps:
+            columns += new_columns
             total.append(int(physical.sum()) * bsz * per_entry)
             visual.append(int(vis.sum()) * per_entry)
-            base_total.append(a["layers"] * bsz * (self.padded_length + t) * per_entry)
+            base_total.append(a["layers"] * bsz * columns * per_entry)
             base_visual.append(a["layers"] * sum(self.visual_tokens) * per_entry)
 
         def summary(values, baseline):
@@ -211,11 +248,14 @@ class Report:
             "batch_size": self.batch_size,
             "prompt_tokens": self.prompt_tokens,
             "visual_tokens": self.visual_tokens,
+            "images": self.images,
+            "visual_tokens_per_image": self.visual_tokens_per_image,
             "horizon": self.horizon,
             "decode_steps": self.decode_steps,
             "prefill_visual_tokens": self.prefill_visual_tokens,
             "prefill_tokens": self.prefill_tokens,
             "kept_visual_positions": {str(k): v for k, v in self.kept_visual.items()},
+            "kept_visual_per_image": {str(k): v for k, v in self.kept_visual_per_image.items()},
             "cache_entries": self.cache_entries,
             "visual_cache_entries": self.visual_cache_entries,
             "flops": self.flops(),
