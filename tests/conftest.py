@@ -46,23 +46,64 @@ ZERO_REMOVAL = [
 ]
 
 
+# Model families every adapter-level test runs on (LLaVA-NeXT: ragged visual counts and newline tokens).
+FAMILIES = [pytest.param("llava", id="llava15"), pytest.param("llava_next", id="next")]
+
+
 @functools.lru_cache(maxsize=None)
-def tiny_model(attn: str = "sdpa", layers: int = LAYERS, seed: int = 0):
-    return build_model(TinySpec(layers=layers, attn=attn), seed=seed)
+def tiny_model(attn: str = "sdpa", layers: int = LAYERS, seed: int = 0, family: str = "llava", backbone: str = "llama"):
+    return build_model(spec(attn, layers, family, backbone), seed=seed)
 
 
-def spec(attn: str = "sdpa", layers: int = LAYERS) -> TinySpec:
-    return TinySpec(layers=layers, attn=attn)
+def spec(attn: str = "sdpa", layers: int = LAYERS, family: str = "llava", backbone: str = "llama") -> TinySpec:
+    # NeXT crops of 4x4 patches: 36 (8x8 image) to 88 (16x16) visual tokens per image
+    return TinySpec(layers=layers, attn=attn, family=family, backbone=backbone, grid=6 if family == "llava" else 4)
 
 
 BATCHES = {
     "single": dict(text_before=4, text_after=8),
     "padded": dict(text_before=[4, 2, 3], text_after=[8, 5, 1]),
 }
+# LLaVA-NeXT image sizes per sample: the padded batch has three different visual counts (36, 88, 76)
+NEXT_SIZES = {"single": [[(8, 16)]], "padded": [[(8, 8)], [(16, 16)], [(24, 8)]]}
 
 
-def inputs(kind: str, attn: str = "sdpa", seed: int = 0) -> dict:
-    return make_inputs(spec(attn), seed=seed, **BATCHES[kind])
+def inputs(kind: str, attn: str = "sdpa", seed: int = 0, family: str = "llava") -> dict:
+    sizes = NEXT_SIZES[kind] if family == "llava_next" else None
+    return make_inputs(spec(attn, family=family), seed=seed, image_sizes=sizes, **BATCHES[kind])
+
+
+def sample_of(batch: dict, b: int, images: list[int]) -> dict:
+    """Sample b of a left-padded batch, unpadded, with its own images (`images[i]`: images of sample i)."""
+    row = batch["attention_mask"][b].bool()
+    first = sum(images[:b])
+    single = {"input_ids": batch["input_ids"][b : b + 1, row], "attention_mask": batch["attention_mask"][b : b + 1, row]}
+    if images[b]:
+        single["pixel_values"] = batch["pixel_values"][first : first + images[b]]
+        if "image_sizes" in batch:
+            single["image_sizes"] = batch["image_sizes"][first : first + images[b]]
+    return single
+
+
+def newline_mask(model, data: dict) -> torch.Tensor:
+    """(B, L) LLaVA-NeXT image_newline tokens, found by value in the merged embeddings (not by the adapter)."""
+    seen = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            model.model(**data)
+    finally:
+        hook.remove()
+    return (seen["embeds"] == model.model.image_newline).all(-1)
+
+
+def reference_prunable(model, data: dict, prune_newlines: bool = False) -> torch.Tensor | None:
+    """What the reference may remove: every placeholder, minus LLaVA-NeXT newlines unless they are prunable."""
+    if type(model).__name__ != "LlavaNextForConditionalGeneration" or prune_newlines:
+        return None
+    return ~newline_mask(model, data)
 
 
 def greedy(model, batch: dict, steps: int, **kwargs):

@@ -52,9 +52,18 @@ class RefMethod:
 
 
 @dataclass
+class Turn:
+    """A further chat turn: `ids` (B, M) appended after the tokens generated so far, then `steps` tokens."""
+
+    ids: torch.Tensor
+    steps: int
+    mask: torch.Tensor | None = None  # (B, M) padding of the new turn (None: all real)
+
+
+@dataclass
 class RefResult:
     logits: list[torch.Tensor]  # per generated token: (B, V) raw logits
-    tokens: torch.Tensor  # (B, steps)
+    tokens: torch.Tensor  # (B, steps), all turns' generated tokens in order
     kept: dict[int, list[list[int]]]  # cut layer -> sample -> kept visual prompt indices
     visual_per_step: list[list[list[int]]] = field(default_factory=list)  # step -> layer -> sample
 
@@ -69,8 +78,15 @@ def _topk_mask(scores: torch.Tensor, candidates: torch.Tensor, keep: int) -> tor
 
 
 @torch.no_grad()
-def reference_generate(model, inputs: dict, method: RefMethod, steps: int) -> RefResult:
-    """Greedy generation of `steps` tokens under the masked reference (model must use eager attention)."""
+def reference_generate(
+    model, inputs: dict, method: RefMethod, steps: int, prunable: torch.Tensor | None = None, turns: tuple = ()
+) -> RefResult:
+    """Greedy generation of `steps` tokens under the masked reference (model must use eager attention).
+
+    `prunable` (B, L) limits the removable tokens (default: every image placeholder). Each of `turns`
+    continues the same cache: the last generated token and the turn's ids run as one causal chunk, as a
+    second generate() call does, then `turn.steps - 1` more tokens.
+    """
     assert model.config.text_config._attn_implementation == "eager"
     lm = model.model.language_model
     layers = list(lm.layers)
@@ -78,6 +94,8 @@ def reference_generate(model, inputs: dict, method: RefMethod, steps: int) -> Re
     ids, am = inputs["input_ids"], inputs["attention_mask"].bool()
     bsz, length = ids.shape
     visual = (ids == model.config.image_token_id) & am
+    if prunable is not None:
+        visual &= prunable
     visual[:, -1] = False
     total = visual.sum(1).tolist()
     cuts = method.cuts(n_layers)
@@ -94,7 +112,7 @@ def reference_generate(model, inputs: dict, method: RefMethod, steps: int) -> Re
     horizon = method.horizon or steps
 
     def text_rows(b: int) -> list[int]:
-        vis = visual[b].nonzero().flatten()
+        vis = ((ids[b] == model.config.image_token_id) & am[b]).nonzero().flatten()
         end = int(vis.max()) if len(vis) else -1
         return [j for j in range(length) if am[b, j] and not visual[b, j] and j > end]
 
@@ -129,9 +147,13 @@ def reference_generate(model, inputs: dict, method: RefMethod, steps: int) -> Re
                     for b in range(bsz):
                         if int(layer_present[b].sum()) > target[b]:
                             layer_present[b] = _topk_mask(eviction_scores[i][b, :length], layer_present[b], target[b])
-                keys = length + t
-                hidden = torch.cat([~visual | layer_present, torch.ones(bsz, t, dtype=torch.bool)], 1)
-                allowed = (seq_valid[:, :keys] & hidden)[:, None, :]
+                keys = seq_valid.shape[1]
+                chunk = phase["chunk"]
+                hidden = torch.cat([~visual | layer_present, torch.ones(bsz, keys - length, dtype=torch.bool)], 1)
+                causal = torch.ones(chunk, keys, dtype=torch.bool).tril(keys - chunk)
+                own = torch.zeros(chunk, keys, dtype=torch.bool)
+                own[:, keys - chunk:] = torch.eye(chunk, dtype=torch.bool)  # a padding query sees itself
+                allowed = ((seq_valid & hidden)[:, None, :] & causal[None]) | own[None]
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, minimum)[:, None]
             return args, {**kwargs, "attention_mask": mask}
 
@@ -147,7 +169,7 @@ def reference_generate(model, inputs: dict, method: RefMethod, steps: int) -> Re
             else:
                 grown = torch.zeros(bsz, w.shape[-1])
                 grown[:, : eviction_scores[i].shape[1]] = eviction_scores[i]
-                eviction_scores[i] = grown + w[:, :, 0, :].float().mean(1)
+                eviction_scores[i] = grown + w[:, :, -1, :].float().mean(1)
 
         return hook
 
@@ -163,18 +185,29 @@ def reference_generate(model, inputs: dict, method: RefMethod, steps: int) -> Re
         logits = [out.logits[:, -1].float()]
         tokens = [logits[-1].argmax(-1)]
         visual_steps = [[p.sum(1).tolist() for p in per_layer_present]]
-        next_pos = positions[:, -1:] + 1
-        for t in range(1, steps):
+        next_pos = positions[:, -1] + 1  # (B,) position of the next real token
+        schedule = [(None, None)] * (steps - 1)  # one forward per step: (extra ids, their mask)
+        for turn in turns:
+            schedule += [(turn.ids, turn.mask)] + [(None, None)] * (turn.steps - 1)
+        for t, (extra, extra_mask) in enumerate(schedule, start=1):
             phase["t"] = t
-            seq_valid = torch.cat([seq_valid, torch.ones(bsz, 1, dtype=torch.bool)], 1)
+            chunk_ids = tokens[-1][:, None]
+            chunk_valid = torch.ones(bsz, 1, dtype=torch.bool)
+            if extra is not None:
+                chunk_ids = torch.cat([chunk_ids, extra], 1)
+                extra_valid = torch.ones_like(extra, dtype=torch.bool) if extra_mask is None else extra_mask.bool()
+                chunk_valid = torch.cat([chunk_valid, extra_valid], 1)
+            phase["chunk"] = chunk_ids.shape[1]
+            seq_valid = torch.cat([seq_valid, chunk_valid], 1)
+            chunk_pos = next_pos[:, None] + chunk_valid.long().cumsum(1) - 1
+            next_pos = next_pos + chunk_valid.sum(1)
             out = model(
-                input_ids=tokens[-1][:, None],
+                input_ids=chunk_ids,
                 attention_mask=seq_valid.long(),
-                position_ids=next_pos,
+                position_ids=chunk_pos,
                 past_key_values=cache,
                 use_cache=True,
             )
-            next_pos = next_pos + 1
             logits.append(out.logits[:, -1].float())
             tokens.append(logits[-1].argmax(-1))
             visual_steps.append([p.sum(1).tolist() for p in per_layer_present])

@@ -2,36 +2,26 @@
 
 import pytest
 import torch
-from conftest import STRATEGY_CASES, greedy, spec, tiny_model
+from conftest import FAMILIES, STRATEGY_CASES, greedy, inputs, sample_of, tiny_model
 
 import tokenprune as tp
-from tokenprune.tiny import make_inputs
 
 STEPS = 12
-BEFORE, AFTER = [4, 2, 3], [8, 5, 1]
 
 
-def alone(b: int) -> dict:
-    batch = make_inputs(spec(), BEFORE, AFTER, seed=0)
-    row = batch["attention_mask"][b].bool()
-    return {
-        "input_ids": batch["input_ids"][b : b + 1, row],
-        "attention_mask": batch["attention_mask"][b : b + 1, row],
-        "pixel_values": batch["pixel_values"][b : b + 1],
-    }
-
-
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("name,params,ref_method", STRATEGY_CASES)
-def test_batch_equals_per_sample(attn, name, params, ref_method):
-    model = tiny_model(attn)
-    batch = make_inputs(spec(attn), BEFORE, AFTER, seed=0)
+def test_batch_equals_per_sample(attn, name, params, ref_method, family):
+    """Different text lengths and left padding (and, for LLaVA-NeXT, different visual counts) in one batch."""
+    model = tiny_model(attn, family=family)
+    batch = inputs("padded", attn, family=family)
     with tp.prune(model, name, **params) as run:
         out = greedy(model, batch, STEPS)
     batch_report = run.report
     prompt = batch["input_ids"].shape[1]
-    for b in range(len(BEFORE)):
-        single = alone(b)
+    for b in range(3):
+        single = sample_of(batch, b, [1, 1, 1])
         with tp.prune(model, name, **params) as run_b:
             ref = greedy(model, single, STEPS)
         assert torch.equal(out.sequences[b, prompt:], ref.sequences[0, single["input_ids"].shape[1]:])
@@ -46,6 +36,10 @@ def test_batch_equals_per_sample(attn, name, params, ref_method):
 
 
 def test_samples_without_image_in_a_batch_are_untouched():
+    from conftest import spec
+
+    from tokenprune.tiny import make_inputs
+
     model = tiny_model("sdpa")
     batch = make_inputs(spec(), [3, 2], [6, 4], images=[1, 0])
     with tp.prune(model, "fastv", k=1, ratio=0.75) as run:

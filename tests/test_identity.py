@@ -2,19 +2,20 @@
 
 import pytest
 import torch
-from conftest import ZERO_REMOVAL, greedy, inputs, tiny_model
+from conftest import FAMILIES, ZERO_REMOVAL, greedy, inputs, tiny_model
 
 import tokenprune as tp
 
 STEPS = 24
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("batch", ["single", "padded"])
 @pytest.mark.parametrize("name,params", ZERO_REMOVAL)
-def test_zero_removal_is_bit_identical(attn, batch, name, params):
-    model = tiny_model(attn)
-    data = inputs(batch, attn)
+def test_zero_removal_is_bit_identical(attn, batch, name, params, family):
+    model = tiny_model(attn, family=family)
+    data = inputs(batch, attn, family=family)
     base = greedy(model, data, STEPS)
     with tp.prune(model, name, **params) as run:
         pruned = greedy(model, data, STEPS)

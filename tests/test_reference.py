@@ -7,7 +7,7 @@ that reordering while any wrong kept set, position or mask moves logits by >1e-2
 
 import pytest
 import torch
-from conftest import STRATEGY_CASES, greedy, inputs, spec, tiny_model
+from conftest import FAMILIES, STRATEGY_CASES, greedy, inputs, reference_prunable, spec, tiny_model
 from reference import reference_generate
 
 import tokenprune as tp
@@ -16,15 +16,17 @@ STEPS = 10
 ATOL = 1e-4
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("batch", ["single", "padded"])
 @pytest.mark.parametrize("name,params,ref_method", STRATEGY_CASES)
-def test_matches_masked_reference(attn, batch, name, params, ref_method):
-    model = tiny_model(attn)
-    data = inputs(batch, attn)
+def test_matches_masked_reference(attn, batch, name, params, ref_method, family):
+    model = tiny_model(attn, family=family)
+    data = inputs(batch, attn, family=family)
     with tp.prune(model, name, **params) as run:
         out = greedy(model, data, STEPS)
-    ref = reference_generate(tiny_model("eager"), data, ref_method, STEPS)
+    eager = tiny_model("eager", family=family)
+    ref = reference_generate(eager, data, ref_method, STEPS, prunable=reference_prunable(eager, data))
     prompt = data["input_ids"].shape[1]
     assert run.report.kept_visual == ref.kept
     assert run.report.visual_cache_entries == ref.visual_per_step
