@@ -2,16 +2,17 @@
 
 import pytest
 import torch
-from conftest import STRATEGY_CASES, greedy, inputs, tiny_model
+from conftest import FAMILIES, STRATEGY_CASES, greedy, inputs, tiny_model
 
 import tokenprune as tp
 from tokenprune.cache import PrunableCache
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name,params,ref_method", STRATEGY_CASES)
-def test_beam_search_runs_and_cache_metadata_follows_beams(name, params, ref_method):
-    model = tiny_model()
-    data = inputs("padded")
+def test_beam_search_runs_and_cache_metadata_follows_beams(name, params, ref_method, family):
+    model = tiny_model(family=family)
+    data = inputs("padded", family=family)
     with torch.no_grad(), tp.prune(model, name, **params) as run:
         out = model.generate(**data, max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False,
                              return_dict_in_generate=True)
@@ -23,9 +24,10 @@ def test_beam_search_runs_and_cache_metadata_follows_beams(name, params, ref_met
     assert len(run.report.visual_cache_entries[0][0]) == 9  # 3 samples x 3 beams
 
 
-def test_beam_search_zero_removal_equals_baseline():
-    model = tiny_model()
-    data = inputs("padded")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_beam_search_zero_removal_equals_baseline(family):
+    model = tiny_model(family=family)
+    data = inputs("padded", family=family)
     kwargs = dict(max_new_tokens=10, num_beams=3, do_sample=False, output_scores=True, return_dict_in_generate=True)
     with torch.no_grad():
         base = model.generate(**data, **kwargs)
@@ -46,9 +48,10 @@ def test_beam_search_with_pruning_is_deterministic_and_differs_from_baseline_cac
     assert len(run.reports) == 2  # one report per generate call
 
 
-def test_sampling_runs_and_zero_removal_matches_seeded_baseline():
-    model = tiny_model()
-    data = inputs("padded")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampling_runs_and_zero_removal_matches_seeded_baseline(family):
+    model = tiny_model(family=family)
+    data = inputs("padded", family=family)
     kwargs = dict(max_new_tokens=12, do_sample=True, top_k=20, temperature=0.8)
     with torch.no_grad():
         torch.manual_seed(3)
@@ -62,6 +65,34 @@ def test_sampling_runs_and_zero_removal_matches_seeded_baseline():
     assert torch.equal(base, same)
     assert sampled.shape[0] == base.shape[0]
     assert run.report.decode_steps >= 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eos_and_stopping_criteria_end_samples_where_the_pruned_run_says(family):
+    """Early stopping (eos per sample, a stopping criterion for all) cuts the same pruned generation short."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    model = tiny_model(family=family)
+    data = inputs("padded", family=family)
+    prompt = data["input_ids"].shape[1]
+    with tp.prune(model, "st3", horizon=10):
+        full = greedy(model, data, 10).sequences[:, prompt:]
+    eos = int(full[0, 2])  # sample 0 emits it at step 2 (maybe others too)
+    stops = [int((row == eos).nonzero()[0]) if (row == eos).any() else None for row in full]
+
+    class AfterSix(StoppingCriteria):
+        def __call__(self, ids, scores, **kwargs):
+            return torch.full((ids.shape[0],), ids.shape[1] - prompt >= 6, dtype=torch.bool)
+
+    with torch.no_grad(), tp.prune(model, "st3", horizon=10) as run:
+        out = model.generate(**data, max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=0,
+                             stopping_criteria=StoppingCriteriaList([AfterSix()]))[:, prompt:]
+    assert out.shape[1] == (3 if all(s is not None and s <= 2 for s in stops) else 6)
+    for b, stop in enumerate(stops):
+        end = out.shape[1] if stop is None else min(stop + 1, out.shape[1])
+        assert torch.equal(out[b, :end], full[b, :end])
+        assert (out[b, end:] == 0).all()  # padded after its eos
+    assert run.report.decode_steps == out.shape[1] - 1
 
 
 def test_real_loading_path(tmp_path):

@@ -383,6 +383,12 @@ class PruningSession:
                 f"strategy '{self.strategy.name}' decays the visual KV cache over a horizon; when decoding "
                 "outside generate(), pass horizon=<decode steps> to tokenprune.prune()"
             )
+        held = cache.layers[0].valid.shape[0]
+        if held != bsz:
+            raise UnsupportedInputError(
+                f"the pruned cache holds {held} sequences but the input continuing it has {bsz} (a beam search or "
+                "num_return_sequences cache keeps every beam); continue it with one input row per cached sequence"
+            )
         self._check_window(cache.processed + new)
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is None:
