@@ -112,7 +112,9 @@ def reference_generate(
     horizon = method.horizon or steps
 
     def text_rows(b: int) -> list[int]:
-        vis = ((ids[b] == model.config.image_token_id) & am[b]).nonzero().flatten()
+        image = (ids[b] == model.config.image_token_id) & am[b]
+        image[-1] = False  # the last prompt token is the query that produces the next token
+        vis = image.nonzero().flatten()
         end = int(vis.max()) if len(vis) else -1
         return [j for j in range(length) if am[b, j] and not visual[b, j] and j > end]
 

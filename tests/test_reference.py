@@ -63,8 +63,12 @@ def test_prefill_logits_of_every_position_without_cache(name, params, ref_method
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize(
     "layout",
-    [dict(text_before=[20, 1], text_after=[19, 1], images=[0, 1]), dict(text_before=[2, 1], text_after=[50, 1])],
-    ids=["text-only-beside-image", "long-text-beside-short"],
+    [
+        dict(text_before=[20, 1], text_after=[19, 1], images=[0, 1]),
+        dict(text_before=[2, 1], text_after=[50, 1]),
+        dict(text_before=[3, 1], text_after=[0, 2]),
+    ],
+    ids=["text-only-beside-image", "long-text-beside-short", "prompt-ending-with-its-image"],
 )
 def test_text_mean_in_ragged_batches(attn, layout):
     """Query rows that are padding for one sample but text for another must not poison its scores."""

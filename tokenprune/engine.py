@@ -334,8 +334,11 @@ class PruningSession:
         if decay.active and cache is not None:
             horizon = decay.horizon or planned
         index = torch.arange(length, device=device).expand(bsz, -1)
-        # End of the last image, newline tokens included: text_mean scores use the text after it.
-        image_end = torch.where(tokens.placeholders & valid, index, torch.full_like(index, -1)).max(1).values
+        # End of the last image, newline tokens included: text_mean scores use the text after it. The last
+        # prompt token always counts as text (it is never removed), so that query set is never empty.
+        image_tokens = tokens.placeholders & valid
+        image_tokens[:, -1] = False
+        image_end = torch.where(image_tokens, index, torch.full_like(index, -1)).max(1).values
         report = Report.start(
             strategy=self.strategy.describe(),
             parts=self.parts,

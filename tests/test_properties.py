@@ -1,0 +1,459 @@
+"""Property-based invariants of tokenprune (hypothesis), across LLaVA-1.5 / LLaVA-NeXT and every strategy.
+
+Each example draws a tiny random model (2-8 layers, MHA or GQA, LLaMA or Mistral backbone, sdpa or
+eager), a left-padded batch (1-4 samples, random text before/after, 0-2 images each, LLaVA-NeXT anyres
+image sizes giving ragged visual counts and newline tokens) and valid strategy parameters, then checks:
+
+1. zero-removal settings reproduce the unmodified model bit for bit (and report ratios of exactly 1);
+   text-only inputs pass through untouched whatever the strategy;
+2. kept visual sets are nested, contain only prunable visual tokens, follow the schedule / decay counts,
+   and text and generated tokens are never removed (checked on the cache's per-entry metadata);
+3. outputs equal the masked eager reference (tests/reference.py);
+4. a batch equals its samples run alone, and extra left padding changes nothing;
+5. the model is exactly as before after the context, also when generate raises inside it;
+6. the report is consistent: entries = text + generated + kept visual, FLOPs and KV bytes by hand, never
+   above the baseline;
+7. a second generate() continuing the pruned cache (multi-turn) equals the reference's further turn.
+
+Profiles (env HYPOTHESIS_PROFILE): "fast" (default, CI: few examples, derandomized, no database, models
+at most 96 wide) and "thorough" (300 examples per property, random, models up to 256 wide).
+"""
+
+import json
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import strategies as st
+
+settings.register_profile(
+    "fast", max_examples=12, deadline=None, derandomize=True, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "thorough", max_examples=300, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+from conftest import reference_prunable, sample_of  # noqa: E402
+from properties_support import (  # noqa: E402
+    ATOL,
+    assert_same_generation,
+    assert_same_tensors,
+    cache_bytes,
+    cases,
+    cut_layers,
+    expected_prefill,
+    expected_visual_cache,
+    generate,
+    hooks,
+    horizon_of,
+    newlines,
+    placeholders,
+    prunable_mask,
+    ref_method,
+    strategies,
+    structure,
+    tensors,
+    zero_removal,
+)
+from reference import Turn, reference_generate  # noqa: E402
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList  # noqa: E402
+
+import tokenprune as tp  # noqa: E402
+from tokenprune.cache import PrunableCache  # noqa: E402
+
+
+@st.composite
+def pruned_cases(draw, **case_kwargs):
+    case = draw(cases(**case_kwargs))
+    return case, draw(strategies(case.layers))
+
+
+def _describe(case, name, params):
+    note(f"case={case}")
+    note(f"strategy={name} {params}")
+
+
+def _text_mean_without_text(model, name, params, data) -> bool:
+    """FastV text_mean has no query when a prompt ends with its image (no text after it): undefined scores."""
+    last_is_image = data["input_ids"][:, -1] == model.config.image_token_id
+    return name == "fastv" and params["query"] == "text_mean" and bool(last_is_image.any())
+
+
+# ======================================================================================= 1. zero removal
+@st.composite
+def zero_cases(draw):
+    case = draw(cases())
+    data = case.inputs()
+    max_visual = int(placeholders(case.model(), data).sum(1).max())
+    return case, draw(zero_removal(case.layers, max_visual))
+
+
+@given(zero_cases())
+def test_zero_removal_is_bit_identical(drawn):
+    """fastv ratio 0 / k=layers / a ratio too small to remove a token, vtw k=layers, st3 ratio 0 or
+    start_layer=layers without decay: tokens and every step's logits equal the unmodified model's exactly."""
+    case, (name, params) = drawn
+    _describe(case, name, params)
+    model, data = case.model(), case.inputs()
+    base = generate(model, data, case.steps)
+    with tp.prune(model, name, **params) as run:
+        pruned = generate(model, data, case.steps)
+    assert torch.equal(pruned.sequences, base.sequences)
+    assert len(pruned.logits) == len(base.logits) == case.steps
+    for a, b in zip(pruned.logits, base.logits):
+        assert torch.equal(a, b)
+    flops, kv = run.report.flops(), run.report.kv_bytes()
+    assert (flops["prefill_ratio"], flops["decode_ratio"], flops["total_ratio"]) == (1.0, 1.0, 1.0)
+    assert (flops["scoring_prefill"], flops["scoring_decode"]) == (0, 0)
+    assert kv["total"]["peak_ratio"] == kv["total"]["mean_ratio"] == 1.0
+    assert kv["visual"]["peak_ratio"] == kv["visual"]["mean_ratio"] == 1.0
+    steps = run.report.visual_cache_entries
+    assert all(step == steps[0] for step in steps)  # nothing evicted while decoding
+
+
+@given(cases(text_only=True), st.data())
+def test_text_only_inputs_pass_through_untouched(case, data_strategy):
+    name, params = data_strategy.draw(strategies(case.layers))
+    _describe(case, name, params)
+    model, data = case.model(), case.inputs()
+    assert "pixel_values" not in data
+    base = generate(model, data, case.steps)
+    with tp.prune(model, name, **params) as run:
+        out = generate(model, data, case.steps)
+    assert torch.equal(out.sequences, base.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(out.logits, base.logits))
+    assert not isinstance(out.past_key_values, PrunableCache)
+    assert run.reports == []
+
+
+# ======================================================================================= 2. kept sets, counts
+@given(pruned_cases())
+def test_kept_sets_nested_prunable_and_counted(drawn):
+    case, (name, params) = drawn
+    _describe(case, name, params)
+    model, data = case.model(), case.inputs()
+    with tp.prune(model, name, **params) as run:
+        out = generate(model, data, case.steps)
+    report = run.report
+    bsz, length = data["input_ids"].shape
+    prunable = prunable_mask(model, data)
+    visual = prunable.sum(1).tolist()
+    real = data["attention_mask"].sum(1).tolist()
+    text = [r - n for r, n in zip(real, visual)]  # every real prompt token that may not be removed
+    assert report.visual_tokens == visual
+    assert report.prompt_tokens == real
+    assert [sum(per_image) for per_image in report.visual_tokens_per_image] == visual
+    assert report.images == [int(n) for n in case.images]
+
+    # prefill: kept sets per cut layer, nested, inside the prunable tokens, with the schedule's counts
+    prefill = expected_prefill(name, params, case.layers, visual)
+    kept = report.kept_visual
+    assert sorted(kept) == cut_layers(name, params, case.layers)
+    previous = [set(prunable[b].nonzero().flatten().tolist()) for b in range(bsz)]
+    for layer in sorted(kept):
+        assert len(kept[layer]) == bsz
+        for b, indices in enumerate(kept[layer]):
+            assert indices == sorted(set(indices)), "kept indices are prompt positions, in order, unique"
+            assert set(indices) <= previous[b], f"layer {layer} sample {b}: not nested / not prunable"
+            assert len(indices) == prefill[layer][b]
+            previous[b] = set(indices)
+        per_image = report.kept_visual_per_image[layer]
+        assert [sum(x) for x in per_image] == [len(x) for x in kept[layer]]
+    assert report.prefill_visual_tokens == prefill
+    assert report.prefill_tokens == [[t + p for t, p in zip(text, layer)] for layer in prefill]
+
+    # decode: visual cache entries per step follow the decay; text + generated are all still there
+    horizon = horizon_of(name, params, case.steps)
+    assert report.horizon == (horizon if name == "st3" and params["decay"] != "none" and params["final_fraction"] < 1
+                              else None)
+    expected = expected_visual_cache(name, params, prefill, case.steps, horizon)
+    assert report.decode_steps == case.steps - 1
+    assert report.visual_cache_entries == expected
+    assert report.cache_entries_per_step == [
+        [[text[b] + t + layer[b] for b in range(bsz)] for layer in step] for t, step in enumerate(expected)
+    ]
+
+    # the cache's own per-entry metadata: per layer and sample, the real non-visual entries are exactly
+    # the real non-prunable prompt tokens plus the generated tokens fed back (by RoPE position), and the
+    # visual ones are a subset of that layer's prefill kept set of the right size
+    positions = data["attention_mask"].cumsum(1) - 1
+    cache = out.past_key_values
+    assert isinstance(cache, PrunableCache)
+    for i, layer in enumerate(cache.layers):
+        cut = max([c for c in kept if c <= i], default=None)
+        assert layer.keys.shape[2] >= max(int(n) for n in layer.valid.sum(1))
+        for b in range(bsz):
+            valid, vis, pos = layer.valid[b], layer.visual[b], layer.positions[b]
+            prompt_text = (data["attention_mask"][b].bool() & ~prunable[b]).nonzero().flatten()
+            want_text = sorted(positions[b, prompt_text].tolist() + list(range(real[b], real[b] + case.steps - 1)))
+            assert sorted(pos[valid & ~vis].tolist()) == want_text, f"layer {i} sample {b}: text entries"
+            allowed = prunable[b].nonzero().flatten() if cut is None else torch.tensor(kept[cut][b], dtype=torch.long)
+            got = pos[valid & vis].tolist()
+            assert set(got) <= set(positions[b, allowed].tolist()), f"layer {i} sample {b}: visual entries"
+            assert len(got) == expected[-1][i][b]
+
+
+# ======================================================================================= 3. masked reference
+@given(pruned_cases())
+def test_equals_masked_reference(drawn):
+    case, (name, params) = drawn
+    _describe(case, name, params)
+    model, data = case.model(), case.inputs()
+    assume(not _text_mean_without_text(model, name, params, data))
+    with tp.prune(model, name, **params) as run:
+        out = generate(model, data, case.steps)
+    eager = case.eager()
+    ref = reference_generate(eager, data, ref_method(name, params), case.steps, prunable=reference_prunable(eager, data))
+    assert run.report.kept_visual == ref.kept
+    assert run.report.visual_cache_entries == ref.visual_per_step
+    tokens = out.sequences[:, data["input_ids"].shape[1]:]
+    ties = assert_same_generation(out.logits, tokens, ref.logits, ref.tokens, [(b, b) for b in range(case.batch_size)])
+    note(f"rows stopped at a greedy near-tie: {ties}")
+
+
+# ======================================================================================= 4. batching, padding
+@given(pruned_cases(min_batch=2))
+def test_batch_equals_per_sample(drawn):
+    case, (name, params) = drawn
+    _describe(case, name, params)
+    model, data = case.model(), case.inputs()
+    with tp.prune(model, name, **params) as run:
+        out = generate(model, data, case.steps)
+    batch = run.report
+    length = data["input_ids"].shape[1]
+    for b in range(case.batch_size):
+        single = sample_of(data, b, list(case.images))
+        pad = length - single["input_ids"].shape[1]
+        with tp.prune(model, name, **params) as run_b:
+            alone = generate(model, single, case.steps)
+        assert_same_generation(
+            out.logits, out.sequences[:, length:], alone.logits, alone.sequences[:, length - pad:], [(b, 0)],
+            what=f"sample {b}",
+        )
+        if not case.images[b]:  # a text-only sample alone passes through untouched; in the batch nothing of it goes
+            assert run_b.reports == []
+            assert batch.visual_tokens[b] == 0
+            assert all(layer[b] == 0 for step in batch.visual_cache_entries for layer in step)
+            continue
+        alone_report = run_b.report
+        assert [layer[b] for layer in batch.prefill_visual_tokens] == [layer[0] for layer in alone_report.prefill_visual_tokens]
+        assert [[layer[b] for layer in step] for step in batch.visual_cache_entries] == [
+            [layer[0] for layer in step] for step in alone_report.visual_cache_entries
+        ]
+        assert {layer: [i - pad for i in kept[b]] for layer, kept in batch.kept_visual.items()} == {
+            layer: kept[0] for layer, kept in alone_report.kept_visual.items()
+        }
+
+
+@given(pruned_cases(), st.integers(1, 8))
+def test_extra_left_padding_changes_nothing(drawn, extra):
+    """The same batch with `extra` more padding columns on the left (batch 1 included) gives the same."""
+    case, (name, params) = drawn
+    _describe(case, name, params)
+    model, data = case.model(), case.inputs()
+    padded = dict(data)
+    for key in ("input_ids", "attention_mask"):
+        padded[key] = torch.cat([data[key].new_zeros(case.batch_size, extra), data[key]], 1)
+    with tp.prune(model, name, **params) as run:
+        out = generate(model, data, case.steps)
+    with tp.prune(model, name, **params) as run_padded:
+        out_padded = generate(model, padded, case.steps)
+    length = data["input_ids"].shape[1]
+    assert_same_generation(
+        out.logits, out.sequences[:, length:], out_padded.logits, out_padded.sequences[:, length + extra:],
+        [(b, b) for b in range(case.batch_size)],
+    )
+    a, b = run.report, run_padded.report
+    assert (a.prefill_visual_tokens, a.visual_cache_entries, a.cache_entries_per_step) == (
+        b.prefill_visual_tokens, b.visual_cache_entries, b.cache_entries_per_step
+    )
+    assert {layer: [[i + extra for i in s] for s in kept] for layer, kept in a.kept_visual.items()} == b.kept_visual
+
+
+# ======================================================================================= 5. model restored
+class Boom(Exception):
+    pass
+
+
+class _RaiseAt:
+    def __init__(self, at: int):
+        self.at, self.calls = at, 0
+
+    def tick(self):
+        self.calls += 1
+        if self.calls >= self.at:
+            raise Boom(f"call {self.calls}")
+
+
+class RaisingCriteria(StoppingCriteria, _RaiseAt):
+    def __call__(self, input_ids, scores, **kwargs):
+        self.tick()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class RaisingProcessor(LogitsProcessor, _RaiseAt):
+    def __call__(self, input_ids, scores):
+        self.tick()
+        return scores
+
+
+@given(
+    pruned_cases(),
+    st.sampled_from(["stopping_criteria", "logits_processor", "decoder_layer", "after_generate", "none"]),
+    st.data(),
+)
+def test_model_restored_after_context_even_after_exceptions(drawn, failure, data_strategy):
+    """Weights (values and objects), hooks, module attributes and configs are as before; the unpruned
+    outputs are bit-identical after; a failed generate leaves nothing behind that changes a later pruned run,
+    whether the context is left by the exception or the same context generates again."""
+    case, (name, params) = drawn
+    _describe(case, name, params)
+    model, data = case.model(), case.inputs()
+    base = generate(model, data, case.steps)
+    state = (hooks(model), structure(model), model.config.to_dict(), model.generation_config.to_dict())
+    weights = tensors(model)
+    with tp.prune(model, name, **params) as clean_run:
+        clean = generate(model, data, case.steps)
+
+    at = data_strategy.draw(st.integers(1, case.steps), label="raise at call")  # each hook point runs `steps` times
+    recover = data_strategy.draw(st.booleans(), label="generate again in the same context")
+    note(f"failure={failure} at={at} recover={recover}")
+    extra, own_hook = {}, None
+    if failure == "stopping_criteria":
+        extra = dict(stopping_criteria=StoppingCriteriaList([RaisingCriteria(at)]))
+    elif failure == "logits_processor":
+        extra = dict(logits_processor=LogitsProcessorList([RaisingProcessor(at)]))
+    elif failure == "decoder_layer":  # mid-forward: after this layer ran (its cache entries pruned) at call `at`
+        layer = model.model.language_model.layers[data_strategy.draw(st.integers(0, case.layers - 1), label="layer")]
+        raiser = _RaiseAt(at)
+        own_hook = layer.register_forward_hook(lambda *_: raiser.tick())
+    try:
+        with pytest.raises(Boom):
+            with tp.prune(model, name, **params) as run:
+                if failure == "none":
+                    generate(model, data, case.steps)
+                    raise Boom("after the context's work")
+                if recover and failure != "after_generate":
+                    with pytest.raises(Boom):
+                        generate(model, data, case.steps, **extra)
+                    if own_hook is not None:
+                        own_hook.remove()
+                    again = generate(model, data, case.steps)
+                    assert torch.equal(again.sequences, clean.sequences)
+                    assert all(torch.equal(a, b) for a, b in zip(again.logits, clean.logits))
+                    assert run.report.to_dict() == clean_run.report.to_dict()
+                    raise Boom("leave the context")
+                generate(model, data, case.steps, **extra)
+                raise Boom("after generate")
+    finally:
+        if own_hook is not None:
+            own_hook.remove()
+
+    assert not run.active
+    assert hooks(model) == state[0], "a hook was left on the model"
+    assert structure(model) == state[1]
+    assert (model.config.to_dict(), model.generation_config.to_dict()) == state[2:]
+    assert_same_tensors(weights, tensors(model))
+    after = generate(model, data, case.steps)
+    assert torch.equal(after.sequences, base.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(after.logits, base.logits))
+    with tp.prune(model, name, **params) as rerun:
+        again = generate(model, data, case.steps)
+    assert torch.equal(again.sequences, clean.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(again.logits, clean.logits))
+    assert rerun.report.to_dict() == clean_run.report.to_dict()
+
+
+# ======================================================================================= 6. report
+@given(pruned_cases())
+def test_report_flops_and_kv_bytes(drawn):
+    case, (name, params) = drawn
+    _describe(case, name, params)
+    model, data = case.model(), case.inputs()
+    base = generate(model, data, case.steps)
+    with tp.prune(model, name, **params) as run:
+        out = generate(model, data, case.steps)
+    report = run.report
+    flops, kv = report.flops(), report.kv_bytes()
+    json.dumps(report.to_dict())
+
+    bsz, steps, layers = case.batch_size, case.steps, case.layers
+    real = data["attention_mask"].sum(1).tolist()
+    visual = prunable_mask(model, data).sum(1).tolist()
+    text = [r - n for r, n in zip(real, visual)]
+    prefill = expected_prefill(name, params, layers, visual)
+    vis_steps = expected_visual_cache(name, params, prefill, steps, horizon_of(name, params, steps))
+    entries = [[[text[b] + t + layer[b] for b in range(bsz)] for layer in step] for t, step in enumerate(vis_steps)]
+    assert report.cache_entries_per_step == entries  # text + generated + kept visual
+    assert report.cache_entries == entries[-1]
+
+    # FLOPs by hand (report.py's formulas over independently expected token counts)
+    s = case.spec
+    d, h, kvh, dh, f, vocab = s.hidden, s.heads, s.kv_heads, s.hidden // s.heads, s.intermediate, s.vocab
+    linear = 2 * (d * h * dh + 2 * d * kvh * dh + h * dh * d + 3 * d * f)
+    lm_head = 2 * d * vocab
+
+    def prefill_layer(n):
+        return n * linear + 4 * h * dh * n * (n + 1) // 2
+
+    def decode_token(e):  # one new token attending `e` entries (itself included)
+        return linear + 4 * h * dh * e
+
+    assert flops["baseline_prefill"] == layers * sum(map(prefill_layer, real)) + bsz * lm_head
+    assert flops["prefill"] == (
+        sum(prefill_layer(t + p) for layer in prefill for t, p in zip(text, layer)) + bsz * lm_head + flops["scoring_prefill"]
+    )
+    assert flops["baseline_decode"] == sum(
+        layers * decode_token(r + t) for t in range(1, steps) for r in real
+    ) + (steps - 1) * bsz * lm_head
+    assert flops["decode"] == sum(
+        decode_token(e) for step in entries[1:] for layer in step for e in layer
+    ) + (steps - 1) * bsz * lm_head + flops["scoring_decode"]
+    # never more model work than the baseline (the scoring rows are tokenprune's honest overhead)
+    assert flops["prefill"] - flops["scoring_prefill"] <= flops["baseline_prefill"]
+    assert flops["decode"] - flops["scoring_decode"] <= flops["baseline_decode"]
+
+    # KV bytes: against the tensors actually held, pruned and unpruned
+    per_entry = 2 * kvh * dh * 4  # keys + values, fp32
+    assert kv["total"]["per_step"][-1] == cache_bytes(out.past_key_values)
+    assert kv["total"]["baseline_peak"] == cache_bytes(base.past_key_values)
+    assert kv["visual"]["per_step"] == [sum(map(sum, step)) * per_entry for step in vis_steps]
+    assert kv["visual"]["baseline_mean"] == layers * sum(visual) * per_entry
+    assert kv["total"]["peak"] <= kv["total"]["baseline_peak"]
+    assert kv["total"]["mean"] <= kv["total"]["baseline_mean"]
+    assert kv["visual"]["mean"] <= kv["visual"]["baseline_mean"]
+    assert kv["visual"]["peak"] <= kv["visual"]["baseline_peak"]
+
+
+# ======================================================================================= 7. multi-turn
+@given(pruned_cases(min_steps=1, max_steps=5), st.integers(1, 5), st.integers(1, 4), st.integers(0, 2**16))
+def test_second_turn_continues_pruned_cache_like_the_reference(drawn, new_tokens, steps2, seed):
+    """generate(cat(first.sequences, new ids), past_key_values=first's) inside the same context equals the
+    reference's further Turn; the VTA horizon stays the first call's max_new_tokens (the report's)."""
+    case, (name, params) = drawn
+    _describe(case, name, params)
+    model, data = case.model(), case.inputs()
+    assume(not _text_mean_without_text(model, name, params, data))
+    new_ids = torch.randint(3, case.spec.vocab - 1, (case.batch_size, new_tokens), generator=torch.Generator().manual_seed(seed))
+    with tp.prune(model, name, **params) as run:
+        first = generate(model, data, case.steps)
+        ids = torch.cat([first.sequences, new_ids], 1)
+        mask = torch.cat([data["attention_mask"], data["attention_mask"].new_ones(case.batch_size, ids.shape[1] - data["attention_mask"].shape[1])], 1)
+        second = generate(model, dict(input_ids=ids, attention_mask=mask, past_key_values=first.past_key_values), steps2)
+    eager = case.eager()
+    ref = reference_generate(
+        eager, data, ref_method(name, params), case.steps, prunable=reference_prunable(eager, data),
+        turns=(Turn(new_ids, steps2),),
+    )
+    assert len(run.reports) == 1  # the continuation extends the first call's report
+    assert run.report.visual_cache_entries == ref.visual_per_step
+    assert run.report.kept_visual == ref.kept
+    tokens = torch.cat([first.sequences[:, data["input_ids"].shape[1]:], second.sequences[:, ids.shape[1]:]], 1)
+    logits = [*first.logits, *second.logits]
+    # a near-tie in the first turn changes the second turn's input: compare up to it (see the helper)
+    ties = assert_same_generation(logits, tokens, ref.logits, ref.tokens, [(b, b) for b in range(case.batch_size)])
+    note(f"rows stopped at a greedy near-tie: {ties}")
