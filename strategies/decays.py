@@ -54,3 +54,8 @@ class LinearDecay(Annealing):
 
     def progress(self, x: float) -> float:
         return 1.0 - x
+
+    def fraction(self, step: int, horizon: int) -> float:
+        # 1 - (1 - f) t / T, evaluated in this order: the same float expression as the published ablation,
+        # so counts that land exactly on .5 round the same way everywhere.
+        return 1.0 - (1.0 - self.final_fraction) * min(step, horizon) / horizon

@@ -90,3 +90,17 @@ def test_batched_eviction_changes_memory_timing_not_outputs(evict_every):
         compacted = [t for t in range(1, STEPS) if t % evict_every == 0]
         assert all(per_step[t] == eager_steps[t] for t in compacted)
         assert any(per_step[t] > eager_steps[t] for t in range(1, STEPS) if t not in compacted)
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_decay_counts_equal_the_reference_formula_on_a_grid(decay):
+    """Counts that land on .5 (e.g. 35 * 0.3 at t=7, T=8, f=0.2) round like the reference's expression."""
+    from reference import RefMethod
+
+    strategy = tp.resolve_strategy("st3", decay=decay, final_fraction=0.2)
+    ref = RefMethod("st3", decay=decay, final_fraction=0.2)
+    initial = torch.arange(0, 120)
+    for horizon in (1, 3, 6, 8, 10, 16, 32):
+        for step in range(horizon + 2):
+            got = strategy.decay.keep(step, horizon, initial).tolist()
+            assert got == [round(int(n) * ref.fraction(step, horizon)) for n in initial], (horizon, step)
