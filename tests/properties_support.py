@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass, replace
 
 import torch
-from conftest import newline_mask, reference_prunable
+from conftest import reference_prunable
 from hypothesis import strategies as st
-from reference import RefMethod
+from reference import RefMethod, Turn
 
 from tokenprune.tiny import NEXT_GRIDS, TinySpec, build_model, make_inputs
 
@@ -35,6 +35,47 @@ GENERATE = dict(do_sample=False, output_logits=True, return_dict_in_generate=Tru
 def generate(model, data: dict, steps: int, **kwargs):
     with torch.no_grad():
         return model.generate(**data, max_new_tokens=steps, **GENERATE, **kwargs)
+
+
+@st.composite
+def turns(draw, batch_size: int, vocab: int, max_turns: int = 2) -> tuple:
+    """Further chat turns: new ids (B, M), left-padded per sample (padding mid-sequence, as a batched
+    chat turn has; the turn's last token is always real), and the tokens to generate after them."""
+    out = []
+    for _ in range(draw(st.integers(1, max_turns))):
+        new = draw(st.integers(1, 5))
+        pads = draw(st.lists(st.integers(0, new - 1), min_size=batch_size, max_size=batch_size))
+        mask = (torch.arange(new)[None, :] >= torch.tensor(pads)[:, None]).long()
+        seed = draw(st.integers(0, 2**16))
+        ids = torch.randint(3, vocab - 1, (batch_size, new), generator=torch.Generator().manual_seed(seed)) * mask
+        out.append(Turn(ids, draw(st.integers(1, 4)), mask))
+    return tuple(out)
+
+
+def generate_turns(model, data: dict, steps: int, further: tuple):
+    """generate() the prompt, then each further turn as another generate() continuing the same cache (as a
+    chat does: input_ids = everything so far + the turn, the previous call's past_key_values).
+    Returns (generated tokens (B, all steps), raw logits per step, last output)."""
+    out = generate(model, data, steps)
+    tokens, logits = [out.sequences[:, data["input_ids"].shape[1]:]], list(out.logits)
+    mask, previous = data["attention_mask"], steps
+    for turn in further:
+        ids = torch.cat([out.sequences, turn.ids], 1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], previous), turn.mask.to(mask.dtype)], 1)
+        out = generate(model, dict(input_ids=ids, attention_mask=mask, past_key_values=out.past_key_values), turn.steps)
+        tokens.append(out.sequences[:, ids.shape[1]:])
+        logits += list(out.logits)
+        previous = turn.steps
+    return torch.cat(tokens, 1), logits, out
+
+
+def fed_tokens(batch_size: int, steps: int, further: tuple) -> list[list[int]]:
+    """[forward][sample] real tokens each forward feeds after the prompt (forward 0 = prefill: none)."""
+    per_forward = [[0] * batch_size] + [[1] * batch_size for _ in range(steps - 1)]
+    for turn in further:  # the previous call's last token + the turn, in one forward; then one token each
+        per_forward.append([1 + int(n) for n in turn.mask.sum(1)])
+        per_forward += [[1] * batch_size for _ in range(turn.steps - 1)]
+    return per_forward
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -119,13 +160,13 @@ def image_size(draw, side: int) -> tuple[int, int]:
 
 
 @st.composite
-def cases(draw, attn: str | None = None, min_batch: int = 1, max_batch: int = 4, min_steps: int = 3,
+def cases(draw, attn: str | None = None, min_batch: int = 1, max_batch: int = 4, min_steps: int = 1,
           max_steps: int = MAX_STEPS, text_only: bool = False) -> Case:
     spec = draw(specs(attn))
     bsz = draw(st.integers(min_batch, max_batch))
     before = draw(st.lists(st.integers(0, 10), min_size=bsz, max_size=bsz))
-    # text after the last image: 0 now and then, so a prompt may end with an image placeholder
-    after = draw(st.lists(st.one_of(st.integers(1, 10), st.just(0)), min_size=bsz, max_size=bsz))
+    # text after the last image; 0 (drawn now and then) makes a prompt end with an image placeholder
+    after = draw(st.lists(st.integers(0, 10), min_size=bsz, max_size=bsz))
     if text_only:
         images = [0] * bsz
     else:
@@ -211,11 +252,11 @@ def ref_method(name: str, params: dict) -> RefMethod:
 
 
 # ----------------------------------------------------------------------------------------------- expectations
-def prunable_mask(model, data: dict) -> torch.Tensor:
-    """(B, L) tokens a strategy may remove: real image placeholders, minus LLaVA-NeXT newlines (default
-    adapter options), minus the last prompt token (it produces the next token)."""
+def prunable_mask(model, data: dict, prune_newlines: bool = False) -> torch.Tensor:
+    """(B, L) tokens a strategy may remove: real image placeholders, minus LLaVA-NeXT newlines (unless the
+    adapter option prune_newlines is set), minus the last prompt token (it produces the next token)."""
     mask = (data["input_ids"] == model.config.image_token_id) & data["attention_mask"].bool()
-    not_newline = reference_prunable(model, data)
+    not_newline = reference_prunable(model, data, prune_newlines)
     if not_newline is not None:
         mask &= not_newline
     mask[:, -1] = False
@@ -224,12 +265,6 @@ def prunable_mask(model, data: dict) -> torch.Tensor:
 
 def placeholders(model, data: dict) -> torch.Tensor:
     return (data["input_ids"] == model.config.image_token_id) & data["attention_mask"].bool()
-
-
-def newlines(model, data: dict) -> torch.Tensor:
-    if type(model).__name__ != "LlavaNextForConditionalGeneration" or "pixel_values" not in data:
-        return torch.zeros_like(data["attention_mask"], dtype=torch.bool)
-    return newline_mask(model, data)
 
 
 def cut_layers(name: str, params: dict, layers: int) -> list[int]:
@@ -346,4 +381,4 @@ def assert_same_tensors(before: dict, after: dict) -> None:
 
 
 def cache_bytes(cache) -> int:
-    return sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size() for l in cache.layers)
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
