@@ -12,7 +12,8 @@ import torch
 from rich.console import Console
 
 from tokenprune import cli, timing
-from tokenprune.demo import agreement, parse_tiny_spec, run_length
+from tokenprune.demo import parse_tiny_spec, run_length
+from tokenprune.metrics import agreement
 
 SMALL = "layers=4,hidden=64,heads=4,kv_heads=2,intermediate=128,vocab=512,grid=6"
 METHODS = ["baseline", "fastv", "vtw", "st3"]

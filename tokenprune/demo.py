@@ -25,6 +25,7 @@ from rich.table import Table
 import tokenprune as tp
 
 from . import timing
+from .metrics import agreement, first_token_kl
 from .tiny import TinySpec, build_model, make_inputs
 
 #: the embedded default: LLaVA-1.5's 576 visual tokens (24x24 grid) on a narrow 8-layer LLaMA decoder
@@ -258,21 +259,6 @@ def run_length(counts: list[int]) -> str:
         else:
             groups.append([c, 1])
     return " ".join(f"{value}x{n}" for value, n in groups)
-
-
-def agreement(tokens: list[int], reference: list[int]) -> float:
-    """Fraction of positions where the greedy tokens equal the reference (missing positions differ)."""
-    length = max(len(tokens), len(reference))
-    if length == 0:
-        return 1.0
-    return sum(a == b for a, b in zip(tokens, reference)) / length
-
-
-def first_token_kl(logits: torch.Tensor, reference: torch.Tensor) -> float:
-    """KL(pruned || full) of the first generated token's distribution."""
-    log_p = torch.log_softmax(logits.float(), dim=-1)
-    log_q = torch.log_softmax(reference.float(), dim=-1)
-    return float((log_p.exp() * (log_p - log_q)).sum(-1).mean().clamp(min=0.0))
 
 
 def pct(value: float) -> str:
