@@ -4,6 +4,8 @@ from .api import available_adapters, available_strategies, prune, resolve_adapte
 from .engine import PruningSession
 from .errors import (
     AlreadyPrunedError,
+    ConfigError,
+    DataError,
     InvalidParameterError,
     PluginError,
     TokenpruneError,
@@ -33,4 +35,5 @@ __all__ = [
     "Strategy", "StrategyFactory", "StrategyParams", "ScoreProvider", "LayerSchedule", "CacheDecay",
     "AttentionView", "ModelAdapter", "AdapterOptions", "VisualTokens", "hookimpl", "TokenpruneError", "UnknownStrategyError",
     "InvalidParameterError", "UnsupportedModelError", "UnsupportedInputError", "AlreadyPrunedError", "PluginError",
+    "ConfigError", "DataError",
 ]

@@ -30,3 +30,14 @@ class UnsupportedInputError(TokenpruneError, ValueError):
 
 class PluginError(TokenpruneError, RuntimeError):
     """A plugin that failed to load or registered something invalid."""
+
+
+class ConfigError(TokenpruneError, ValueError):
+    """A config file that cannot be read or does not validate; the message names the file and the field path."""
+
+
+class DataError(TokenpruneError, ValueError):
+    """Evaluation data that cannot be read: a missing file, an unreadable image, a row missing a field.
+
+    The message names the file and, where there is one, the row and the field.
+    """
