@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tokenprune.interfaces import CacheDecay
+from pydantic import Field
+
+from tokenprune.interfaces import CacheDecay, DecayFactory, NoParams, StrategyParams
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,21 @@ class LinearDecay(Annealing):
         # 1 - (1 - f) t / T, evaluated in this order: the same float expression as the published ablation,
         # so counts that land exactly on .5 round the same way everywhere.
         return 1.0 - (1.0 - self.final_fraction) * min(step, horizon) / horizon
+
+
+# --------------------------------------------------------------------------------- registrable by name
+class AnnealingParams(StrategyParams):
+    final_fraction: float = Field(0.2, ge=0.0, le=1.0, description="fraction of each layer's visual KV left at the horizon")
+    horizon: int | None = Field(None, ge=1, description="decode steps of the decay; None = the generate call's max_new_tokens")
+    evict_every: int = Field(8, ge=1, description="evicted entries are masked at once and compacted every this many steps")
+
+
+def _annealing(cls):
+    return lambda p: cls(final_fraction=p.final_fraction, horizon=p.horizon, evict_every=p.evict_every)
+
+
+DECAYS = [
+    DecayFactory("none", NoParams, lambda p: NoDecay(), NoDecay.__doc__),
+    DecayFactory("cosine", AnnealingParams, _annealing(CosineDecay), CosineDecay.__doc__),
+    DecayFactory("linear", AnnealingParams, _annealing(LinearDecay), LinearDecay.__doc__),
+]

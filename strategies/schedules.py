@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import Field
+
 import torch
 
 from tokenprune.errors import InvalidParameterError
-from tokenprune.interfaces import LayerSchedule
+from tokenprune.interfaces import LayerSchedule, ScheduleFactory, StrategyParams
 
 
 def _round(x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +43,10 @@ class SingleCut(LayerSchedule):
     def check(self, num_layers: int) -> None:
         _check_layer(self.param, self.layer, num_layers, self.min_layer)
 
+    @property
+    def ranks(self) -> bool:
+        return 0.0 < self.ratio < 1.0
+
 
 @dataclass(frozen=True)
 class ProgressiveCuts(LayerSchedule):
@@ -58,3 +64,40 @@ class ProgressiveCuts(LayerSchedule):
 
     def check(self, num_layers: int) -> None:
         _check_layer("start_layer", self.start_layer, num_layers, 1)
+
+    @property
+    def ranks(self) -> bool:
+        return 0.0 < self.ratio < 1.0
+
+
+# --------------------------------------------------------------------------------- registrable by name
+class SingleCutParams(StrategyParams):
+    layer: int = Field(2, ge=1, description="first layer that sees the reduced visual set (ranked by layer-1's scores)")
+    ratio: float = Field(0.5, ge=0.0, le=1.0, description="fraction of the visual tokens removed at that layer")
+
+
+class WithdrawParams(StrategyParams):
+    layer: int = Field(16, ge=0, description="layer from which no visual token is present")
+
+
+class ProgressiveParams(StrategyParams):
+    start_layer: int = Field(2, ge=1, description="first cut")
+    stride: int = Field(3, ge=1, description="layers between cuts")
+    ratio: float = Field(0.2, ge=0.0, le=1.0, description="fraction of the still-present visual tokens removed per cut")
+
+
+SCHEDULES = [
+    ScheduleFactory(
+        "single_cut", SingleCutParams, lambda p: SingleCut(layer=p.layer, ratio=p.ratio, param="layer"),
+        "one cut at `layer` keeping round(N * (1 - ratio)) visual tokens (FastV)",
+    ),
+    ScheduleFactory(
+        "withdraw", WithdrawParams, lambda p: SingleCut(layer=p.layer, ratio=1.0, param="layer", min_layer=0),
+        "every visual token leaves at `layer` (VTW); needs no score provider",
+    ),
+    ScheduleFactory(
+        "progressive", ProgressiveParams,
+        lambda p: ProgressiveCuts(start_layer=p.start_layer, stride=p.stride, ratio=p.ratio),
+        "cuts at start_layer, start_layer + stride, ... each removing `ratio` of what is left (ST3's PVTP)",
+    ),
+]

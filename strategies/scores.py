@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenprune.interfaces import AttentionView, ScoreProvider
+from tokenprune.interfaces import AttentionView, NoParams, ScoreFactory, ScoreProvider
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,9 @@ class TextMeanAttention(ScoreProvider):
         weights = text[:, first:].float()
         probs = view.attention(rows).mean(dim=1)  # (B, Q, Lk)
         return (probs * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+
+
+SCORE_PROVIDERS = [
+    ScoreFactory("last_query_attention", NoParams, lambda p: LastQueryAttention(), LastQueryAttention.__doc__),
+    ScoreFactory("text_mean_attention", NoParams, lambda p: TextMeanAttention(), TextMeanAttention.__doc__),
+]

@@ -1,6 +1,6 @@
 """tokenprune: training-free visual token pruning for multimodal LLMs (ST3, FastV, VTW)."""
 
-from .api import available_adapters, available_strategies, prune, resolve_adapter, resolve_strategy
+from .api import available_adapters, available_strategies, compose, prune, resolve_adapter, resolve_strategy
 from .engine import PruningSession
 from .errors import (
     AlreadyPrunedError,
@@ -8,6 +8,7 @@ from .errors import (
     DataError,
     InvalidParameterError,
     PluginError,
+    PluginWarning,
     TokenpruneError,
     UnknownStrategyError,
     UnsupportedInputError,
@@ -17,6 +18,11 @@ from .hookspecs import hookimpl
 from .interfaces import (
     AttentionView,
     CacheDecay,
+    ComponentFactory,
+    DecayFactory,
+    NoParams,
+    ScheduleFactory,
+    ScoreFactory,
     LayerSchedule,
     AdapterOptions,
     ModelAdapter,
@@ -31,9 +37,10 @@ from .report import Report
 __version__ = "0.1.0"
 
 __all__ = [
-    "prune", "available_strategies", "available_adapters", "resolve_strategy", "resolve_adapter", "PruningSession", "Report",
+    "prune", "compose", "available_strategies", "available_adapters", "resolve_strategy", "resolve_adapter", "PruningSession", "Report",
     "Strategy", "StrategyFactory", "StrategyParams", "ScoreProvider", "LayerSchedule", "CacheDecay",
-    "AttentionView", "ModelAdapter", "AdapterOptions", "VisualTokens", "hookimpl", "TokenpruneError", "UnknownStrategyError",
-    "InvalidParameterError", "UnsupportedModelError", "UnsupportedInputError", "AlreadyPrunedError", "PluginError",
+    "AttentionView", "ComponentFactory", "ScoreFactory", "ScheduleFactory", "DecayFactory", "NoParams",
+    "ModelAdapter", "AdapterOptions", "VisualTokens", "hookimpl", "TokenpruneError", "UnknownStrategyError",
+    "InvalidParameterError", "UnsupportedModelError", "UnsupportedInputError", "AlreadyPrunedError", "PluginError", "PluginWarning",
     "ConfigError", "DataError",
 ]

@@ -41,3 +41,7 @@ class DataError(TokenpruneError, ValueError):
 
     The message names the file and, where there is one, the row and the field.
     """
+
+
+class PluginWarning(UserWarning):
+    """A plugin that could not be loaded or registered something invalid; the other plugins still work."""

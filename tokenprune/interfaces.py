@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -24,6 +24,10 @@ class StrategyParams(BaseModel):
     """Base of every strategy's parameter model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(StrategyParams):
+    """The parameter model of a component without parameters."""
 
 
 # --------------------------------------------------------------------------------------------- scores
@@ -128,6 +132,11 @@ class LayerSchedule(ABC):
     def check(self, num_layers: int) -> None:
         """Raise InvalidParameterError when the schedule does not fit a model with `num_layers` layers."""
 
+    @property
+    def ranks(self) -> bool:
+        """Whether a cut may keep some but not all visual tokens, so tokens must be ranked by a score provider."""
+        return True
+
 
 # --------------------------------------------------------------------------------------------- decay
 class CacheDecay(ABC):
@@ -159,6 +168,15 @@ class Strategy:
     schedule: LayerSchedule
     decay: CacheDecay
     score: ScoreProvider | None = None  # ranks tokens at prefill cuts; None when cuts keep all or nothing
+
+    def __post_init__(self) -> None:
+        if self.score is None and self.schedule.ranks:
+            from .errors import InvalidParameterError
+
+            raise InvalidParameterError(
+                f"strategy '{self.name}': its layer schedule keeps part of the visual tokens, so it needs a "
+                "score provider to rank them (give `score`)"
+            )
 
     def check(self, num_layers: int) -> None:
         self.schedule.check(num_layers)
@@ -256,30 +274,71 @@ class ModelAdapter(ABC):
 
 
 @dataclass(frozen=True)
-class StrategyFactory:
-    """A named, registrable way to build a Strategy from validated parameters."""
+class ComponentFactory:
+    """A named, registrable way to build one component from validated parameters.
+
+    Subclasses fix what is built (`kind`, `produces`): a Strategy, or one of its three parts, so that
+    plugins can register parts and configs can compose them by name.
+    """
 
     name: str
-    params: type[StrategyParams]
-    build: Callable[[StrategyParams], Strategy]
+    params: type[BaseModel]
+    build: Callable[[BaseModel], object]
     description: str = ""
 
-    def __call__(self, **params) -> Strategy:
+    kind: ClassVar[str] = "component"
+    produces: ClassVar[type] = object
+
+    def validate(self, **params) -> BaseModel:
+        """The validated parameter model; InvalidParameterError names each bad field and the allowed ones."""
         from pydantic import ValidationError
 
         from .errors import InvalidParameterError
 
         try:
-            validated = self.params(**params)
+            return self.params(**params)
         except ValidationError as exc:
             problems = []
             for err in exc.errors():
                 field_name = ".".join(str(p) for p in err["loc"]) or "(parameters)"
                 given = f"={err['input']!r}" if "input" in err and err["type"] != "missing" else ""
                 problems.append(f"{field_name}{given}: {err['msg']}")
-            allowed = ", ".join(self.params.model_fields)
+            allowed = ", ".join(self.params.model_fields) or "none"
             raise InvalidParameterError(
-                f"invalid parameters for strategy '{self.name}': " + "; ".join(problems)
+                f"invalid parameters for {self.kind} '{self.name}': " + "; ".join(problems)
                 + f" (parameters of '{self.name}': {allowed})"
             ) from None
-        return self.build(validated)
+
+    def __call__(self, **params):
+        built = self.build(self.validate(**params))
+        if not isinstance(built, self.produces):
+            from .errors import PluginError
+
+            raise PluginError(
+                f"{self.kind} '{self.name}' built a {type(built).__name__}, not a {self.produces.__name__}"
+            )
+        return built
+
+
+@dataclass(frozen=True)
+class StrategyFactory(ComponentFactory):
+    kind: ClassVar[str] = "strategy"
+    produces: ClassVar[type] = Strategy
+
+
+@dataclass(frozen=True)
+class ScoreFactory(ComponentFactory):
+    kind: ClassVar[str] = "score provider"
+    produces: ClassVar[type] = ScoreProvider
+
+
+@dataclass(frozen=True)
+class ScheduleFactory(ComponentFactory):
+    kind: ClassVar[str] = "layer schedule"
+    produces: ClassVar[type] = LayerSchedule
+
+
+@dataclass(frozen=True)
+class DecayFactory(ComponentFactory):
+    kind: ClassVar[str] = "cache decay"
+    produces: ClassVar[type] = CacheDecay
