@@ -19,6 +19,7 @@ from .errors import TokenpruneError
 #: subcommand -> (module, one-line help). Add `list`, `compare`, `bench` here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tokenprune.demo", "compare the unpruned model with FastV, VTW and ST3 on one input"),
+    "show": ("tokenprune.show", "draw which visual tokens each strategy keeps at each cut layer, over the image (PNG)"),
     "list": ("tokenprune.catalog", "list every registered strategy, part and adapter with its parameters"),
 }
 
