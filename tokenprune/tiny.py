@@ -8,6 +8,7 @@ anyres grid with one newline token per row, so the count depends on the image si
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -185,3 +186,108 @@ def make_inputs(
         out["pixel_values"] = torch.randn(len(sizes), crops, 3, spec.side, spec.side, generator=gen)
         out["image_sizes"] = torch.tensor(sizes)
     return out
+
+
+# ------------------------------------------------------------------------------------------- processor
+#: the tiny tokenizer's words after the special tokens: chat roles and punctuation first (so even a small
+#: vocabulary can encode the chat template), then option letters and answers, then common English words
+TINY_WORDS = (
+    "USER", "ASSISTANT", ":", ".", ",", "?", "!", "'", '"', "(", ")", "-",
+    "A", "B", "C", "D", "E", "yes", "no", "Yes", "No",
+    "Is", "Are", "Does", "Do", "What", "Which", "How", "The", "There", "This", "It",
+    "the", "a", "an", "is", "are", "was", "of", "in", "on", "at", "to", "and", "or", "with", "for", "from",
+    "what", "which", "how", "many", "there", "this", "that", "it",
+    "image", "picture", "photo", "colour", "color", "shape", "shapes", "square", "circle", "triangle",
+    "rectangle", "ellipse", "red", "green", "blue", "yellow", "white", "black", "orange", "purple", "grey",
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "0", "1", "2", "3", "4",
+    "5", "6", "7", "8", "9", "left", "right", "top", "bottom", "center", "middle", "big", "small", "large",
+    "Answer", "answer", "question", "using", "single", "word", "phrase", "Provide", "provide", "caption",
+    "sentence", "provided", "option", "option's", "letter", "given", "choices", "directly", "Context",
+    "Options", "Question", "s", "man", "woman", "people", "person", "dog", "cat", "car", "tree", "water",
+    "sky", "house", "table", "street", "sitting", "standing", "holding", "near", "next", "front", "background",
+    "be", "has", "have", "do", "does", "can", "not", "all", "some", "by", "as", "he", "she", "they", "its",
+)
+_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}USER: {% else -%}ASSISTANT: {% endif -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}"
+    "{%- for item in message['content'] if item['type'] == 'image' -%}<image>\n{% endfor -%}"
+    "{%- for item in message['content'] if item['type'] == 'text' -%}{{ item['text'] }}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' %} {% else %}</s>{% endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}"
+)
+
+
+def build_tokenizer(spec: TinySpec):
+    """A word-level fast tokenizer matching the tiny model's special ids, built offline.
+
+    0 `<pad>`, 1 `<s>` (added at the start), 2 `</s>`, 3 `<unk>`, `vocab - 1` `<image>`; the words of
+    `TINY_WORDS` (cut to fit), then filler words `w<i>` up to the vocabulary size.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    if spec.vocab < 8:
+        raise ValueError(f"tiny vocab must be >= 8 for a tokenizer, not {spec.vocab}")
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    words = list(TINY_WORDS[: spec.vocab - len(specials) - 1])
+    words += [f"w{i}" for i in range(spec.vocab - len(specials) - 1 - len(words))]
+    vocab = {token: i for i, token in enumerate(specials + words + ["<image>"])}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",  # what batched generation (and tokenprune) needs
+        clean_up_tokenization_spaces=False,
+    )
+    return fast
+
+
+def build_processor(spec: TinySpec = TinySpec()):
+    """A real `LlavaProcessor` / `LlavaNextProcessor` for `build_model(spec)`: images -> pixel values of the
+    tiny crop size, `<image>` -> as many placeholder tokens as the model expects, a LLaVA-1.5-style chat
+    template ("USER: <image>\\n{text} ASSISTANT:"). Nothing is downloaded.
+    """
+    from transformers import LlavaNextProcessor, LlavaProcessor
+
+    with _quiet_backend_fallback():  # without torchvision, transformers falls back to the PIL backend, noisily
+        from transformers import CLIPImageProcessor, LlavaNextImageProcessor
+    tokenizer = build_tokenizer(spec)
+    image_options = dict(
+        size={"shortest_edge": spec.side}, crop_size={"height": spec.side, "width": spec.side}
+    )
+    # CLIP's class token is counted, then dropped by the "default" feature strategy, as for the real models
+    processor_options = dict(
+        patch_size=PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=_CHAT_TEMPLATE, image_token="<image>",
+    )
+    if spec.family == "llava":
+        return LlavaProcessor(CLIPImageProcessor(**image_options), tokenizer, **processor_options)
+    if spec.family == "llava_next":
+        images = LlavaNextImageProcessor(**image_options, image_grid_pinpoints=spec.pinpoints)
+        return LlavaNextProcessor(images, tokenizer, **processor_options)
+    raise ValueError(f"unknown tiny family '{spec.family}'; use 'llava' or 'llava_next'")
+
+
+@contextlib.contextmanager
+def _quiet_backend_fallback():
+    """transformers logs errors only inside (e.g. not that torchvision is absent and PIL is used)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)

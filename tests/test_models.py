@@ -1,0 +1,130 @@
+"""tokenprune.models and tiny.build_processor: real processors for the tiny models, loading and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import tokenprune as tp
+from tokenprune.errors import ConfigError, UnsupportedModelError
+from tokenprune.models import load_model, save_tiny
+from tokenprune.tiny import TinySpec, build_model, build_processor, next_image_tokens
+
+SMALL = dict(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, vocab=128, grid=4)
+
+
+def _image(height: int, width: int) -> Image.Image:
+    return Image.new("RGB", (width, height), (200, 30, 30))
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_save_and_load_round_trip_gives_identical_logits(tmp_path, family):
+    spec = TinySpec(**SMALL, family=family)
+    save_tiny(tmp_path / "m", spec, seed=3)
+    loaded = load_model(str(tmp_path / "m"), device="cpu")
+    assert loaded.family == family and loaded.num_layers == 2 and loaded.source == str(tmp_path / "m")
+    assert type(loaded.model).__name__ in loaded.description and "2 layers" in loaded.description
+    inputs = loaded.inputs([_image(10, 14)], "What colour is the square?")
+    assert inputs["pixel_values"].dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**inputs).logits, build_model(spec, seed=3)(**inputs).logits)
+    out = loaded.model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert isinstance(loaded.decode(out[0, inputs["input_ids"].shape[1]:]), str)
+
+
+def test_tiny_source_overrides_and_description():
+    loaded = load_model("tiny", tiny=SMALL, seed=1)
+    assert loaded.source == "tiny" and loaded.family == "llava" and loaded.num_layers == 2
+    assert loaded.description == "tiny random LLaVA-1.5 (2 layers, hidden 32)"
+    assert tp.resolve_adapter(loaded.model).name == "llava"
+    nxt = load_model("tiny", family="llava_next", tiny=SMALL, dtype="bfloat16")
+    assert nxt.family == "llava_next" and nxt.dtype == torch.bfloat16
+    assert nxt.inputs([_image(8, 8)], "hi")["pixel_values"].dtype == torch.bfloat16
+
+
+def test_llava_processor_placeholders_and_generate():
+    spec = TinySpec(**SMALL)
+    processor, model = build_processor(spec), build_model(spec)
+    loaded = load_model("tiny", tiny=SMALL)
+    text = loaded.prompt_text("What is it?", 2)
+    assert text == "USER: <image>\n<image>\nWhat is it? ASSISTANT:"
+    for size in [(8, 8), (30, 50), (50, 10)]:
+        inputs = processor(images=[_image(*size)], text=loaded.prompt_text("What is it?"), return_tensors="pt")
+        assert int((inputs["input_ids"] == spec.vocab - 1).sum()) == spec.visual_tokens
+        assert inputs["input_ids"][0, 0] == 1  # bos
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    inputs = processor(images=[_image(8, 8), _image(9, 20)], text=text, return_tensors="pt")
+    assert int((inputs["input_ids"] == spec.vocab - 1).sum()) == 2 * spec.visual_tokens
+
+
+@pytest.mark.parametrize("size", [(8, 8), (30, 50), (50, 20), (7, 40), (40, 9)])
+def test_next_processor_placeholders_follow_image_size(size):
+    spec = TinySpec(**SMALL, family="llava_next")
+    processor, model = build_processor(spec), build_model(spec)
+    text = "USER: <image>\nWhat is it? ASSISTANT:"
+    inputs = processor(images=[_image(*size)], text=text, return_tensors="pt")
+    assert int((inputs["input_ids"] == spec.vocab - 1).sum()) == next_image_tokens(spec, *size)
+    assert inputs["image_sizes"].tolist() == [list(size)]
+    with tp.prune(model, "fastv", k=1, ratio=0.5) as run:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert run.report.to_dict()["prompt_tokens"] == [inputs["input_ids"].shape[1]]
+
+
+def test_tokenizer_special_ids_words_and_decode():
+    spec = TinySpec(**SMALL)
+    tok = build_processor(spec).tokenizer
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert tok.convert_tokens_to_ids("<image>") == spec.vocab - 1 and len(tok) == spec.vocab
+    ids = tok("Is it red? yes, B. zzzunknown").input_ids
+    assert ids[0] == 1 and tok.unk_token_id in ids
+    assert tok.decode(tok("Is it red? yes").input_ids, skip_special_tokens=True) == "Is it red ? yes"
+    for word in ["A", "B", "C", "D", "E", "yes", "no"]:
+        assert tok.convert_tokens_to_ids(word) != tok.unk_token_id
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="no config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(ConfigError, match="llava_next"):
+        load_model("tiny", family="qwen")
+    with pytest.raises(ConfigError, match=r"layerz.*allowed: layers"):
+        load_model("tiny", tiny={"layerz": 2})
+    with pytest.raises(ConfigError, match="must be int"):
+        load_model("tiny", tiny={"layers": "2"})
+    with pytest.raises(ConfigError, match="mistral"):
+        load_model("tiny", tiny={**SMALL, "backbone": "gpt"})
+    with pytest.raises(ConfigError, match="float16"):
+        load_model("tiny", tiny=SMALL, dtype="fp8")
+    with pytest.raises(ConfigError, match="eager"):
+        load_model("tiny", tiny=SMALL, attn="flash")
+    with pytest.raises(ConfigError, match="device"):
+        load_model("tiny", tiny=SMALL, device="tpu-ish")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            load_model("tiny", tiny=SMALL, device="cuda")
+    with pytest.raises(ConfigError, match="only"):
+        load_model(str(tmp_path), tiny=SMALL)
+    # a loadable image-text model no adapter serves
+    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
+
+    other = tmp_path / "paligemma"
+    config = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=8, patch_size=4).to_dict(),
+        text_config=GemmaConfig(vocab_size=64, head_dim=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=1).to_dict(),
+    )
+    PaliGemmaForConditionalGeneration(config).save_pretrained(other)
+    build_processor(TinySpec(**SMALL)).save_pretrained(other)
+    with pytest.raises(UnsupportedModelError):
+        load_model(str(other))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "nonsense"}))
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_model(str(broken))

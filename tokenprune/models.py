@@ -1,0 +1,235 @@
+"""Load a model with its processor: the embedded tiny random model or a local Hugging Face directory.
+
+`load_model("tiny")` builds a random LLaVA-1.5 (or, with `family="llava_next"`, LLaVA-NeXT) model from
+`tokenprune.tiny` together with a real processor (`tiny.build_processor`), so evaluation code runs the
+same path (images + prompt -> processor -> `generate` -> decode) with or without real weights.
+`load_model(DIR)` loads what `save_pretrained` wrote (or a Hub snapshot) with `AutoProcessor` and
+`AutoModelForImageTextToText`; the family comes from the adapter that serves the loaded class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import ConfigError, DataError
+from .tiny import TinySpec, build_model, build_processor, build_tokenizer, llava_config
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ATTENTION = ("sdpa", "eager")  # what the pruning engine supports
+FAMILIES = ("llava", "llava_next")
+FAMILY_NAMES = {"llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT"}
+
+
+def default_tiny_spec(family: str) -> TinySpec:
+    """The embedded model of `family`: the demo's LLaVA-1.5 shape; for NeXT the same decoder with a
+    Mistral backbone and 12x12-token crops (anyres images then give a few hundred visual tokens)."""
+    from .demo import DEFAULT_SPEC  # here, not at import time: the demo may use this module
+
+    if family == "llava":
+        return DEFAULT_SPEC
+    if family == "llava_next":
+        return dataclasses.replace(DEFAULT_SPEC, family="llava_next", backbone="mistral", grid=12)
+    raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its processor, and what reports and tables need to say about it."""
+
+    model: torch.nn.Module
+    processor: Any
+    family: str  # "llava" | "llava_next"
+    source: str  # "tiny" or the directory
+    description: str
+    num_layers: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def prompt_text(self, prompt: str, num_images: int = 1) -> str:
+        """`prompt` in the processor's chat template, one image slot per image, ready for generation."""
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": content}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        # LLaVA-1.5's conversation format, for processors saved without a chat template
+        return "USER: " + "<image>\n" * num_images + f"{prompt} ASSISTANT:"
+
+    def inputs(self, images: Sequence[Any], prompt: str) -> dict[str, torch.Tensor]:
+        """Batch-1 model inputs for `images` (PIL) and `prompt`, on the model's device and dtype."""
+        images = list(images)
+        text = self.prompt_text(prompt, len(images))
+        try:
+            encoded = self.processor(images=images or None, text=text, return_tensors="pt")
+        except Exception as exc:  # noqa: BLE001 - any processor failure becomes one clear error
+            raise DataError(f"the processor of {self.source} could not prepare {len(images)} image(s) and the prompt: {exc}") from None
+        device, dtype = self.device, self.dtype
+        out = {}
+        for key, value in dict(encoded).items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(device, dtype) if value.is_floating_point() else value.to(device)
+            out[key] = value
+        return out
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of generated token ids, special tokens skipped."""
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        return tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"bad device {name!r} ({exc}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"bad dtype {name!r}; use 'auto', {', '.join(repr(d) for d in DTYPES)}")
+    return DTYPES[name]
+
+
+def tiny_spec(family: str = "llava", tiny: dict | None = None, attn: str = "sdpa") -> TinySpec:
+    """The default spec of `family` with the `tiny` overrides (TinySpec field -> value)."""
+    spec = dataclasses.replace(default_tiny_spec(family), attn=attn)
+    if not tiny:
+        return spec
+    fields = {f.name: f for f in dataclasses.fields(TinySpec)}
+    unknown = sorted(set(tiny) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown tiny model field(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    for key, value in tiny.items():
+        expected = type(getattr(spec, key))
+        if type(value) is not expected:  # bool is an int subclass: compare types exactly
+            raise ConfigError(f"tiny model field {key!r} must be {expected.__name__}, not {value!r}")
+    if tiny.get("family", family) not in FAMILIES:
+        raise ConfigError(f"unknown model family {tiny['family']!r}; use one of {', '.join(FAMILIES)}")
+    try:
+        spec = dataclasses.replace(spec, **tiny)
+        llava_config(spec), build_tokenizer(spec)  # validate the rest (backbone, vocab) before the model build
+    except ValueError as exc:
+        raise ConfigError(f"bad tiny model: {exc}") from None
+    return spec
+
+
+def load_model(
+    source: str = "tiny",
+    *,
+    family: str = "llava",
+    tiny: dict | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn: str = "sdpa",
+    seed: int = 0,
+) -> LoadedModel:
+    """The tiny random model (`source="tiny"`, of `family`, `tiny` overriding TinySpec fields, weights
+    from `seed`) or the model saved in directory `source` (its family found from its class), on `device`
+    in `dtype` ("auto": bfloat16 on CUDA, else float32), in eval mode, with its processor.
+    """
+    if attn not in ATTENTION:
+        raise ConfigError(f"bad attention implementation {attn!r}; use one of {', '.join(ATTENTION)}")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if source == "tiny":
+        if family not in FAMILIES:
+            raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+        spec = tiny_spec(family, tiny, attn)
+        model = build_model(spec, seed=seed, dtype=dt).to(dev)
+        return LoadedModel(
+            model=model,
+            processor=build_processor(spec),
+            family=spec.family,
+            source="tiny",
+            description=f"tiny random {FAMILY_NAMES[spec.family]} ({spec.layers} layers, hidden {spec.hidden})",
+            num_layers=spec.layers,
+        )
+    if tiny:
+        raise ConfigError(f"tiny model fields {sorted(tiny)} given for the model directory {source}; they apply to source 'tiny' only")
+    return _load_directory(source, dev, dt, attn)
+
+
+def _load_directory(source: str, device: torch.device, dtype: torch.dtype, attn: str) -> LoadedModel:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .api import resolve_adapter
+
+    directory = Path(source)
+    if not directory.exists():
+        raise ConfigError(f"model directory not found: {source} (give 'tiny' or a folder written by save_pretrained)")
+    if not directory.is_dir():
+        raise ConfigError(f"model source {source} is a file; give 'tiny' or a Hugging Face model directory")
+    if not (directory / "config.json").is_file():
+        raise ConfigError(
+            f"{source} is not a Hugging Face model directory (no config.json); "
+            "give the folder written by save_pretrained() or downloaded from the Hub"
+        )
+    with _quiet_transformers():
+        try:
+            processor = AutoProcessor.from_pretrained(directory)
+        except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear error
+            raise ConfigError(f"cannot load a processor from {source}: {exc}") from None
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype, attn_implementation=attn)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"cannot load a model from {source}: {exc}") from None
+    model = model.to(device).eval()
+    family = resolve_adapter(model).name  # UnsupportedModelError for a class no adapter serves
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
+    layers = int(text_config.num_hidden_layers)
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        family=family,
+        source=str(source),
+        description=f"{directory.resolve().name} ({type(model).__name__}, {layers} layers)",
+        num_layers=layers,
+    )
+
+
+def save_tiny(directory: str | Path, spec: TinySpec, seed: int = 0) -> Path:
+    """Write the tiny random model of `spec` and its processor to `directory`, loadable by `load_model`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _quiet_transformers():
+        build_model(spec, seed=seed).save_pretrained(directory)
+        build_processor(spec).save_pretrained(directory)
+    return directory
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Loading chatter (progress bars, backend notes) would break up the caller's own output."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
