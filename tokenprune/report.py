@@ -38,7 +38,6 @@ class Report:
     kv_dtype_bytes: int = 0
     logit_rows: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
     scoring_flops: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
-    kept_visual_positions: dict = field(default_factory=dict)  # cut layer -> sample -> prompt indices
     _prefill_tokens: dict = field(default_factory=dict)  # layer -> (B,) tensor
     _prefill_visual: dict = field(default_factory=dict)
     # per step: (visual (Lyr,B), entries (Lyr,B), physical (Lyr,), real new tokens (B,), new columns); step 0
