@@ -1,6 +1,7 @@
 """tokenprune: training-free visual token pruning for multimodal LLMs (ST3, FastV, VTW)."""
 
 from .api import available_adapters, available_strategies, compose, prune, resolve_adapter, resolve_strategy
+from .calibration import Calibration, find_k
 from .engine import PruningSession
 from .errors import (
     AlreadyPrunedError,
@@ -37,7 +38,7 @@ from .report import Report
 __version__ = "0.1.0"
 
 __all__ = [
-    "prune", "compose", "available_strategies", "available_adapters", "resolve_strategy", "resolve_adapter", "PruningSession", "Report",
+    "prune", "compose", "find_k", "Calibration", "available_strategies", "available_adapters", "resolve_strategy", "resolve_adapter", "PruningSession", "Report",
     "Strategy", "StrategyFactory", "StrategyParams", "ScoreProvider", "LayerSchedule", "CacheDecay",
     "AttentionView", "ComponentFactory", "ScoreFactory", "ScheduleFactory", "DecayFactory", "NoParams",
     "ModelAdapter", "AdapterOptions", "VisualTokens", "hookimpl", "TokenpruneError", "UnknownStrategyError",
