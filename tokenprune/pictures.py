@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from .report import Report
 
 MAX_FIGURE_WIDTH = 24.0  # inches: wide enough for ~11 cut layers, small enough to open anywhere
-PANEL_HEIGHT = (0.9, 2.4)  # inches, min and max of one panel's image
+PANEL_HEIGHT = (0.9, 2.4)  # inches, min and max of one view's image
+RUN_HEIGHT = 3.6  # inches, most that the stacked views of one run (one row of panels) take
 DPI = 120
 LABEL_WIDTH = 1.6  # inches left of the first column for the row labels
 DISPLAY_SIDE = 512  # pixels: the image is shrunk to this long side before drawing (keeps files small)
@@ -206,7 +207,7 @@ def strategy_label(description: dict, width: int = 20) -> str:
     return "\n".join([description["name"], *textwrap.wrap(params, width)])
 
 
-def _draw_grid(ax: "Axes", view: "Image", grid: TokenGrid, mask: torch.Tensor | None, panel_px: float) -> None:
+def _draw_grid(ax: "Axes", view: "Image", grid: TokenGrid, mask: torch.Tensor | None, cell_px: float) -> None:
     """The view in grid coordinates (one unit per token), removed cells dimmed, light cell lines."""
     import numpy as np
 
@@ -216,7 +217,7 @@ def _draw_grid(ax: "Axes", view: "Image", grid: TokenGrid, mask: torch.Tensor | 
         overlay = np.zeros((grid.rows, grid.cols, 4))
         overlay[~mask.numpy()] = REMOVED
         ax.imshow(overlay, extent=extent, aspect="auto", interpolation="nearest")
-    if max(grid.rows, grid.cols) <= panel_px / 3:  # lines only while cells are a few pixels wide
+    if cell_px >= 3:  # lines only while cells are a few pixels wide, else they hide the image
         style = dict(colors="white", linewidths=0.3, alpha=0.45)
         ax.vlines(range(1, grid.cols), 0, grid.rows, **style)
         ax.hlines(range(1, grid.rows), 0, grid.cols, **style)
@@ -227,15 +228,30 @@ def _draw_grid(ax: "Axes", view: "Image", grid: TokenGrid, mask: torch.Tensor | 
     ax.set_yticks([])
 
 
-def _layout(image: "Image", views: list["Image"], layers: int) -> tuple[list[float], float, float]:
-    """(width ratios of the columns, panel height, figure width) within MAX_FIGURE_WIDTH."""
-    aspect = image.size[0] / image.size[1]
-    ratios = [aspect] + [v.size[0] / v.size[1] for v in views] * layers
-    label_width, gaps = LABEL_WIDTH, 0.12 * len(ratios)
-    height = (MAX_FIGURE_WIDTH - label_width - gaps) / sum(ratios)
-    height = min(max(height, PANEL_HEIGHT[0]), PANEL_HEIGHT[1])
-    width = label_width + gaps + height * sum(ratios)
-    return ratios, height, width
+@dataclass
+class _Layout:
+    """Sizes in units of one view's height: columns = input + cut layers, NeXT views stacked in a column."""
+
+    widths: list[float]  # width ratios of the columns
+    heights: list[float]  # height of each view row of one run
+    unit: float  # inches per unit
+    width: float  # figure width, inches
+    row_title: float = 0.4  # inches above each view row for its titles
+
+    def figure_height(self, runs: int, header: float) -> float:
+        return header + runs * (sum(self.heights) * self.unit + self.row_title * len(self.heights))
+
+
+def _layout(image: "Image", views: list["Image"], layers: int) -> _Layout:
+    """Panels as large as PANEL_HEIGHT allows within MAX_FIGURE_WIDTH (wider only past ~16 NeXT cut layers)."""
+    aspects = [v.size[0] / v.size[1] for v in views]
+    column = max(aspects)  # a view at full height 1 fits a column this wide; a portrait one is taller
+    heights = [1 / min(a, 1) for a in aspects]
+    widths = [min(image.size[0] / image.size[1] * sum(heights), 1.5 * column)] + [column] * layers
+    gaps = 0.12 * len(widths)
+    unit = (MAX_FIGURE_WIDTH - LABEL_WIDTH - gaps) / sum(widths)
+    unit = min(max(unit, PANEL_HEIGHT[0]), PANEL_HEIGHT[1], RUN_HEIGHT / sum(heights))
+    return _Layout(widths, heights, unit, LABEL_WIDTH + gaps + unit * sum(widths))
 
 
 def kept_tokens_figure(
@@ -249,7 +265,7 @@ def kept_tokens_figure(
     title: str | None = None,
 ) -> "Figure":
     """The figure `draw_kept_tokens` saves: rows = runs, columns = the input, then every cut layer of any
-    run (a run without a cut at that layer leaves its cell blank); LLaVA-NeXT panels hold base and tiles."""
+    run (a run without a cut at that layer leaves its cell blank); LLaVA-NeXT panels hold base over tiles."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -261,39 +277,40 @@ def kept_tokens_figure(
     views = grid_views(shown, grids)
     masks = [kept_masks(report, grids, sample) for _, report in runs]
     layers = sorted(set().union(*masks))
-    ratios, panel, width = _layout(shown, views, len(layers))
-    header = 0.55 if title else 0.25
-    row_height = panel + 0.45  # panel titles above each row
-    fig = Figure(figsize=(width, header + row_height * len(runs)), dpi=DPI)
+    lay = _layout(shown, views, len(layers))
+    header = 0.55 if title else 0.2
+    height = lay.figure_height(len(runs), header)
+    fig = Figure(figsize=(lay.width, height), dpi=DPI)
     FigureCanvasAgg(fig)
-    top = 1 - header / (header + row_height * len(runs))
+    per_run = len(grids)
     spec = fig.add_gridspec(
-        len(runs), len(ratios), width_ratios=ratios, left=LABEL_WIDTH / width, right=0.99, top=top, bottom=0.01,
-        wspace=0.08, hspace=0.45 / panel,
+        len(runs) * per_run, len(lay.widths), width_ratios=lay.widths, height_ratios=lay.heights * len(runs),
+        left=LABEL_WIDTH / lay.width, right=0.99, top=1 - (header + lay.row_title) / height, bottom=0.01,
+        wspace=0.08, hspace=lay.row_title / (lay.unit * sum(lay.heights) / per_run),
     )
     if title:
         fig.suptitle(title, fontsize=10)
-    total = [g.cells for g in grids]
-    for row, ((label, report), per_layer) in enumerate(zip(runs, masks)):
-        ax = fig.add_subplot(spec[row, 0])
+    for run, ((label, report), per_layer) in enumerate(zip(runs, masks)):
+        rows = slice(run * per_run, (run + 1) * per_run)
+        ax = fig.add_subplot(spec[rows, 0])
         ax.imshow(shown)
         if grids[0].kind == "llava":  # what CLIP keeps of the image
-            left, top_px, right, bottom = clip_crop_box(*shown.size)
-            ax.add_patch(Rectangle((left, top_px), right - left, bottom - top_px, fill=False, ec="white", lw=1, ls="--"))
+            left, top, right, bottom = clip_crop_box(*shown.size)
+            ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, ec="white", lw=1, ls="--"))
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
         ax.set_title("input", fontsize=8)
-        for column, layer in enumerate(layers):
+        for column, layer in enumerate(layers, start=1):
             if layer not in per_layer:
                 continue  # this strategy does not cut here: a blank cell
             for v, (grid, view, mask) in enumerate(zip(grids, views, per_layer[layer])):
-                ax = fig.add_subplot(spec[row, 1 + column * len(grids) + v])
-                _draw_grid(ax, view, grid, mask, panel * DPI)
-                kept = f"{int(mask.sum())}/{total[v]}"
-                name = "" if grid.kind == "llava" else f" {grid.kind}"
-                heading = f"layer {layer}{name}\nkept {kept}" if v == 0 else f"{grid.kind}\nkept {kept}"
-                ax.set_title(heading, fontsize=7)
+                ax = fig.add_subplot(spec[run * per_run + v, column])
+                cell_px = lay.unit * lay.heights[v] * DPI / grid.rows
+                _draw_grid(ax, view, grid, mask, cell_px)
+                kept = f"kept {int(mask.sum())}/{grid.cells}"
+                name = "" if grid.kind == "llava" else f"{grid.kind} "
+                ax.set_title(f"layer {layer}\n{name}{kept}" if v == 0 else f"{name}{kept}", fontsize=7)
     return fig
 
 

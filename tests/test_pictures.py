@@ -1,0 +1,212 @@
+"""`tokenprune.pictures` and `tokenprune show`: token grids vs independent layouts, kept masks vs reports, the PNG."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+
+import tokenprune as tp
+from tokenprune import cli, pictures
+from tokenprune.show import synthetic_image
+from tokenprune.tiny import TinySpec, build_model, make_inputs, next_image_tokens
+
+LLAVA = TinySpec(layers=6, family="llava", grid=6)
+NEXT = TinySpec(layers=6, family="llava_next", grid=4)  # crops of 8x8 pixels, 4x4 features
+# (height, width) in pixels: square, wide, tall, very wide/tall, odd ratios that unpad rows or columns
+NEXT_SIZES = [(8, 8), (8, 16), (16, 8), (10, 30), (30, 10), (13, 7), (9, 17)]
+SMALL_CLI = "layers=4,hidden=64,heads=4,kv_heads=2,intermediate=128,vocab=512,grid=4"
+
+
+@functools.lru_cache(maxsize=None)
+def model(spec: TinySpec, attn: str = "sdpa"):
+    return build_model(dataclasses.replace(spec, attn=attn))
+
+
+def image_placeholders(vt: tp.VisualTokens, sample: int, image: int) -> torch.Tensor:
+    """Prompt positions of an image's placeholders, from the adapter."""
+    return ((vt.image_of[sample] == image) & vt.placeholders[sample]).nonzero().flatten()
+
+
+def pruned_report(m, inputs, strategy: str, **params) -> tp.Report:
+    with torch.inference_mode(), tp.prune(m, strategy, **params) as run:
+        m.generate(**inputs, max_new_tokens=1, do_sample=False)
+    return run.report
+
+
+# ------------------------------------------------------------------------------------------- grids
+def test_llava_grid_is_the_identity_raster_of_each_image():
+    # batch of 2 with different text lengths (left padding); sample 1 has two images
+    inputs = make_inputs(LLAVA, text_before=[3, 7], text_after=[5, 2], images=[1, 2])
+    image_token = model(LLAVA).config.image_token_id
+    for sample, image_index in [(0, 0), (1, 0), (1, 1)]:
+        (grid,) = pictures.token_grids(model(LLAVA), inputs, sample=sample, image_index=image_index)
+        assert (grid.kind, grid.rows, grid.cols) == ("llava", 6, 6)
+        assert torch.equal(grid.offsets, torch.arange(36).view(6, 6))
+        placeholders = (inputs["input_ids"][sample] == image_token).nonzero().flatten()
+        assert torch.equal(grid.positions.flatten(), placeholders[36 * image_index : 36 * (image_index + 1)])
+
+
+@pytest.mark.parametrize("height,width", NEXT_SIZES)
+def test_next_grids_and_newlines_add_up_to_the_processor_count(height, width):
+    inputs = make_inputs(NEXT, image_sizes=[[(height, width)]])
+    base, tiles = pictures.token_grids(model(NEXT), inputs)
+    assert (base.kind, base.rows, base.cols, tiles.kind) == ("base", 4, 4, "tiles")
+    assert base.cells + tiles.cells + tiles.rows == next_image_tokens(NEXT, height, width)
+    # the tiles cover the image in its aspect ratio (up to one crop's rounding)
+    assert abs(tiles.cols / tiles.rows - width / height) <= width / height * 0.5
+
+
+@pytest.mark.parametrize("sizes", [[(8, 16), (30, 10)], [(13, 7), (8, 8)]])
+def test_next_tile_offsets_skip_the_adapters_newlines(sizes):
+    """Base + tiles cells are exactly the adapter's prunable tokens of the image (newlines excluded, found
+    with transformers' pack_image_features), and every tiles row ends right before a newline."""
+    m = model(NEXT)
+    inputs = make_inputs(NEXT, text_before=[2, 6], text_after=[4, 3], image_sizes=[sizes, sizes[::-1]])
+    vt = tp.resolve_adapter(m).visual_tokens(m, inputs)
+    for sample in range(2):
+        for image in range(2):
+            base, tiles = pictures.token_grids(m, inputs, sample=sample, image_index=image)
+            placeholders = image_placeholders(vt, sample, image)
+            features = placeholders[vt.prunable[sample, placeholders]]
+            newlines = placeholders[~vt.prunable[sample, placeholders]]
+            drawn = torch.cat([base.positions.flatten(), tiles.positions.flatten()])
+            assert torch.equal(drawn.sort().values, features)
+            assert torch.equal(drawn, placeholders[torch.cat([base.offsets.flatten(), tiles.offsets.flatten()])])
+            assert len(newlines) == tiles.rows
+            assert torch.equal(tiles.positions[:, -1] + 1, newlines)
+
+
+def test_bad_sample_or_image_index_is_refused():
+    inputs = make_inputs(LLAVA)
+    with pytest.raises(tp.InvalidParameterError, match="image_index 1"):
+        pictures.token_grids(model(LLAVA), inputs, image_index=1)
+    with pytest.raises(tp.InvalidParameterError, match="sample 3"):
+        pictures.token_grids(model(LLAVA), inputs, sample=3)
+
+
+# ------------------------------------------------------------------------------------------- kept masks
+@pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava15", "next"])
+def test_kept_masks_count_what_the_report_keeps_per_image(spec):
+    m = model(spec)
+    sizes = [[(8, 16)], [(16, 8), (10, 30)]] if spec is NEXT else None
+    inputs = make_inputs(spec, text_before=[3, 5], text_after=[6, 2], images=[1, 2], image_sizes=sizes)
+    report = pruned_report(m, inputs, "st3", start_layer=1, stride=2, ratio=0.3)
+    assert sorted(report.kept_visual) == [1, 3, 5]
+    for sample, images in enumerate([1, 2]):
+        for image in range(images):
+            grids = pictures.token_grids(m, inputs, sample=sample, image_index=image)
+            masks = pictures.kept_masks(report, grids, sample=sample)
+            assert sorted(masks) == [1, 3, 5]
+            assert sum(g.cells for g in grids) == report.visual_tokens_per_image[sample][image]
+            for layer, per_grid in masks.items():
+                assert [mask.shape for mask in per_grid] == [(g.rows, g.cols) for g in grids]
+                kept = sum(int(mask.sum()) for mask in per_grid)
+                assert kept == report.kept_visual_per_image[layer][sample][image]
+                previous = masks.get(layer - 2)  # progressive: a token once removed stays removed
+                if previous is not None:
+                    assert all(bool((now <= before).all()) for now, before in zip(per_grid, previous))
+
+
+def test_fastv_keeps_the_top_k_cells_of_the_last_query_attention():
+    """Independent of the engine: eager attention of layer k-1, last prompt token, mean over heads."""
+    m = model(LLAVA, attn="eager")
+    inputs = make_inputs(LLAVA, text_before=4, text_after=6)
+    with torch.inference_mode():
+        attentions = m(**inputs, output_attentions=True).attentions
+    report = pruned_report(m, inputs, "fastv", k=2, ratio=0.5)
+    (grid,) = pictures.token_grids(m, inputs)
+    scores = attentions[1][0, :, -1].mean(0)[grid.positions]  # (6, 6) attention each cell's token receives
+    expected = torch.zeros(36, dtype=torch.bool)
+    expected[scores.flatten().topk(18).indices] = True
+    (mask,) = pictures.kept_masks(report, [grid])[2]
+    assert torch.equal(mask.flatten(), expected)
+    kept_positions = set(report.kept_visual[2][0])
+    for row, col in [(0, 0), (2, 3), (5, 5)] + [tuple(i) for i in mask.nonzero()[:3].tolist()]:
+        assert bool(mask[row, col]) == (int(grid.positions[row, col]) in kept_positions)
+
+
+# ------------------------------------------------------------------------------------------- drawing
+@pytest.mark.parametrize("spec,views", [(LLAVA, 1), (NEXT, 2)], ids=["llava15", "next"])
+def test_png_has_one_panel_per_strategy_and_cut_layer(tmp_path, spec, views):
+    m = model(spec)
+    inputs = make_inputs(spec, image_sizes=[[(12, 16)]] if spec is NEXT else None)
+    runs = [
+        ("st3", pruned_report(m, inputs, "st3")),  # cuts at 2 and 5
+        ("fastv", pruned_report(m, inputs, "fastv")),  # cut at 2
+        ("vtw", pruned_report(m, inputs, "vtw", k=3)),  # cut at 3, keeps nothing
+    ]
+    image = synthetic_image(160, 120)
+    fig = pictures.kept_tokens_figure(image, runs, inputs, m, title="test")
+    # 3 input panels + (2 + 1 + 1) cut panels of `views` stacked views; columns: input + layers {2, 3, 5}
+    assert len(fig.axes) == 3 + 4 * views
+    assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == (3 * views, 4)
+    vtw_panels = [ax for ax in fig.axes if ax.get_subplotspec().colspan.start == 2]  # layer 3: only VTW cuts
+    assert len(vtw_panels) == views
+    assert vtw_panels[0].get_title().startswith("layer 3")
+    assert all("kept 0/" in ax.get_title() for ax in vtw_panels)
+    path = pictures.draw_kept_tokens(image, runs, inputs, m, tmp_path / "kept.png", title="test")
+    with Image.open(path) as png:
+        assert png.format == "PNG"
+        width, height = fig.get_size_inches() * pictures.DPI
+        assert abs(png.size[0] - width) <= 1 and abs(png.size[1] - height) <= 1
+        assert png.size[0] <= pictures.MAX_FIGURE_WIDTH * pictures.DPI + 1
+
+
+def test_render_runs_names_dicts_and_pairs(tmp_path):
+    m = model(LLAVA)
+    inputs = make_inputs(LLAVA)
+    path = pictures.render(
+        m, inputs, synthetic_image(), ["fastv", {"name": "st3", "ratio": 0.5}, ("vtw", {"k": 4})], tmp_path / "r.png"
+    )
+    with Image.open(path) as png:
+        assert png.size[0] > 400 and png.size[1] > 300
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    code = cli.main(argv, console=Console(file=out, width=200, color_system=None))
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_show_writes_the_png_and_prints_its_path(tmp_path, family):
+    out = tmp_path / "show.png"
+    source = tmp_path / "photo.png"
+    synthetic_image(200, 120).save(source)
+    code, text = run_cli(
+        ["show", "--out", str(out), "--family", family, "--tiny-spec", SMALL_CLI, "--image", str(source),
+         "--strategies", "fastv,vtw"]  # vtw: k = 2 on the 4-layer model (demo rule), not the default 16
+    )
+    assert code == 0, text
+    assert text.strip() == str(out)
+    with Image.open(out) as png:
+        assert png.format == "PNG"
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["--image", "{tmp}/missing.jpg"], "image file not found: {tmp}/missing.jpg"),
+        (["--image", "{tmp}/not-an-image.png"], "cannot read image {tmp}/not-an-image.png"),
+        (["--strategies", "fastv,nope"], "unknown strategy 'nope'"),
+        (["--out", "{tmp}/no/such/dir/x.png"], "folder {tmp}/no/such/dir does not exist"),
+        (["--model", "{tmp}", "--family", "llava_next"], "--family applies to the tiny model only"),
+    ],
+)
+def test_show_errors_exit_2_with_one_line(tmp_path, capsys, argv, expected):
+    (tmp_path / "not-an-image.png").write_text("hello")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "x.png")]
+    code, _ = run_cli(["show", *out, "--tiny-spec", SMALL_CLI, *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected.format(tmp=tmp_path) in " ".join(err.split())
+    assert "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
