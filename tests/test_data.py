@@ -16,13 +16,12 @@ from tokenprune.data import (
     FORMATS,
     Sample,
     load_samples,
-    parse_letter,
-    parse_yes_no,
     score_predictions,
     task_of,
     write_synthetic,
 )
 from tokenprune.errors import DataError
+from tokenprune.metrics import parse_letter, parse_yes_no
 
 PARQUET = ["scienceqa", "pope", "caption"]
 

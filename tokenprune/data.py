@@ -37,12 +37,11 @@ from __future__ import annotations
 import io
 import json
 import random
-import re
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import metrics
 from .errors import DataError
 
 FORMATS = ("jsonl", "scienceqa", "pope", "caption", "synthetic")
@@ -469,81 +468,24 @@ def _write_parquet_split(directory: Path, rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- metrics
-_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-E])(?![A-Za-z0-9])")
-_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-_PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
-
-
-def parse_letter(prediction: str) -> str | None:
-    """The first standalone option letter A-E ("B", "(B)", "B.", "The answer is B"), or None."""
-    match = _LETTER.search(prediction)
-    return match.group(1) if match else None
-
-
-def parse_yes_no(prediction: str) -> str | None:
-    """"yes" or "no", whichever word comes first (any case), or None."""
-    match = _YES_NO.search(prediction)
-    return match.group(1).lower() if match else None
-
-
-def normalize(text: str) -> str:
-    """Lowercase, punctuation to spaces, whitespace collapsed."""
-    return " ".join(text.lower().translate(_PUNCTUATION).split())
-
-
 def score_predictions(task: str, predictions: list[str], samples: list[Sample]) -> dict[str, Any]:
     """Task metrics of `predictions` (model outputs, one per sample) against the samples' gold answers.
 
     multiple_choice: accuracy (first standalone option letter), parse_rate. yes_no: accuracy, precision,
     recall, f1 (of "yes"), yes_ratio, parse_rate; unparsable answers count as wrong. open: accuracy (exact
-    match after `normalize`), contains (the normalised answer occurs as words in the prediction). caption:
-    CIDEr. Only samples with a gold answer (references for caption) count (`n`); none gives {}. A rate
-    without a denominator (precision with no "yes" predicted) is None.
+    match after normalising case, punctuation and whitespace), contains (the answer occurs as words in the
+    prediction). caption: CIDEr. Only samples with a gold answer (references for caption) count (`n`);
+    none gives {}. The formulas are in `tokenprune.metrics`.
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if len(predictions) != len(samples):
         raise DataError(f"{len(predictions)} predictions for {len(samples)} samples; give one per sample")
     if task == "caption":
-        pairs = [(p, s.references) for p, s in zip(predictions, samples) if s.references]
-        return _cider(pairs) if pairs else {}
+        pairs = [(p or "", s.references) for p, s in zip(predictions, samples) if s.references]
+        return metrics.cider([p for p, _ in pairs], [r for _, r in pairs]) if pairs else {}
     pairs = [(p or "", s.answer) for p, s in zip(predictions, samples) if s.answer is not None]
     if not pairs:
         return {}
-    n = len(pairs)
-    if task == "multiple_choice":
-        parsed = [parse_letter(p) for p, _ in pairs]
-        correct = sum(letter == gold.strip().upper() for letter, (_, gold) in zip(parsed, pairs))
-        return {"n": n, "accuracy": correct / n, "parse_rate": sum(x is not None for x in parsed) / n}
-    if task == "yes_no":
-        parsed = [parse_yes_no(p) for p, _ in pairs]
-        gold = [g.strip().lower() for _, g in pairs]
-        tp = sum(p == "yes" and g == "yes" for p, g in zip(parsed, gold))
-        fp = sum(p == "yes" and g != "yes" for p, g in zip(parsed, gold))
-        fn = sum(p != "yes" and g == "yes" for p, g in zip(parsed, gold))
-        precision = tp / (tp + fp) if tp + fp else None
-        recall = tp / (tp + fn) if tp + fn else None
-        if precision is None or recall is None:
-            f1 = None
-        else:
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {
-            "n": n, "accuracy": sum(p == g for p, g in zip(parsed, gold)) / n, "precision": precision,
-            "recall": recall, "f1": f1, "yes_ratio": parsed.count("yes") / n,
-            "parse_rate": sum(x is not None for x in parsed) / n,
-        }
-    exact = sum(normalize(p) == normalize(g) for p, g in pairs)
-    contains = sum(f" {normalize(g)} " in f" {normalize(p)} " for p, g in pairs)
-    return {"n": n, "accuracy": exact / n, "contains": contains / n}
-
-
-def _cider(pairs: list[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
-    try:
-        from pycocoevalcap.cider.cider import Cider
-    except ImportError:
-        return {"n": len(pairs), "cider": None, "note": "pycocoevalcap is not installed (pip install tokenprune[caption])"}
-    # The COCO evaluation tokenises with a Java PTB tokenizer; lowercase words without punctuation come close.
-    references = {i: [normalize(r) for r in refs] for i, (_, refs) in enumerate(pairs)}
-    results = {i: [normalize(prediction or "")] for i, (prediction, _) in enumerate(pairs)}
-    score, _ = Cider().compute_score(references, results)
-    return {"n": len(pairs), "cider": float(score)}
+    scorer = {"multiple_choice": metrics.choice_scores, "yes_no": metrics.yes_no_scores, "open": metrics.open_scores}[task]
+    return scorer([p for p, _ in pairs], [g for _, g in pairs])
