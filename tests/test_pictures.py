@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import types
 
 import pytest
 import torch
@@ -80,6 +81,31 @@ def test_next_tile_offsets_skip_the_adapters_newlines(sizes):
             assert torch.equal(drawn, placeholders[torch.cat([base.offsets.flatten(), tiles.offsets.flatten()])])
             assert len(newlines) == tiles.rows
             assert torch.equal(tiles.positions[:, -1] + 1, newlines)
+
+
+@pytest.mark.parametrize(
+    "family,size,expected",
+    [("llava", None, 576), ("llava_next", (336, 336), 1176), ("llava_next", (480, 640), 2340)],
+)
+def test_real_model_layouts_from_the_config_alone(family, size, expected):
+    """LLaVA-1.5-7B / NeXT-7B token layouts (documented counts), from a config: no weights are built."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaNextConfig
+
+    vision = CLIPVisionConfig(image_size=336, patch_size=14)
+    config = (LlavaConfig if family == "llava" else LlavaNextConfig)(vision_config=vision, image_token_id=32000)
+    stub = types.SimpleNamespace(config=config)
+    ids = torch.tensor([[1, 5, *[32000] * expected, 7, 8]])
+    inputs = {"input_ids": ids, "pixel_values": torch.empty(1, 5, 3, 1, 1)}
+    if size:
+        inputs["image_sizes"] = torch.tensor([size])
+    grids = pictures.token_grids(stub, inputs)
+    assert (grids[0].rows, grids[0].cols) == (24, 24)
+    assert grids[0].positions[0, 0] == 2
+    if family == "llava_next":
+        tiles = grids[1]
+        assert (tiles.rows, tiles.cols) == ((24, 24) if size == (336, 336) else (36, 48))
+        assert 576 + tiles.cells + tiles.rows == expected
+        assert tiles.positions[-1, -1] == 2 + expected - 2  # the last feature, before the last newline
 
 
 def test_bad_sample_or_image_index_is_refused():

@@ -344,12 +344,14 @@ def render(
     out_path: str | Path,
     *,
     max_new_tokens: int = 1,
+    adapter_options: dict | None = None,
     **kw: Any,
 ) -> Path:
     """Run each strategy (a name, a config dict, a Strategy, or (name, params)) under `tp.prune` with greedy
     generate on `inputs`, then draw what each kept (`draw_kept_tokens`; `kw`: sample, image_index, title).
 
-    The cuts happen in the prefill, so one new token is enough.
+    The cuts happen in the prefill, so one new token is enough. `adapter_options` go to `tp.prune` (with
+    LLaVA-NeXT's `prune_newlines`, removed newlines are not drawn: only feature tokens are).
     """
     from .api import prune, resolve_strategy
 
@@ -357,7 +359,7 @@ def render(
     with torch.inference_mode():
         for item in strategies:
             strategy = resolve_strategy(item[0], **item[1]) if isinstance(item, tuple) else resolve_strategy(item)
-            with prune(model, strategy) as run:
+            with prune(model, strategy, adapter_options=adapter_options) as run:
                 model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
             runs.append((strategy_label(strategy.describe()), run.report))
     return draw_kept_tokens(image, runs, inputs, model, out_path, **kw)
