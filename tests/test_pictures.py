@@ -110,6 +110,9 @@ def test_real_model_layouts_from_the_config_alone(family, size, expected):
 
 def test_bad_sample_or_image_index_is_refused():
     inputs = make_inputs(LLAVA)
+    short = {**inputs, "input_ids": inputs["input_ids"][:, 8:]}  # a few placeholders fewer than the image gives
+    with pytest.raises(tp.UnsupportedInputError, match="whole images"):
+        pictures.token_grids(model(LLAVA), short)
     with pytest.raises(tp.InvalidParameterError, match="image_index 1"):
         pictures.token_grids(model(LLAVA), inputs, image_index=1)
     with pytest.raises(tp.InvalidParameterError, match="sample 3"):

@@ -109,36 +109,39 @@ def _image_token_counts(model: torch.nn.Module, inputs: dict) -> list[int]:
     return counts
 
 
-def _locate_image(model: torch.nn.Module, inputs: dict, sample: int, image_index: int) -> tuple[int, torch.Tensor]:
-    """(index of the image in the batch, prompt positions of its placeholder tokens) for sample/image_index.
+def _images_by_sample(per_sample: list[int], counts: list[int]) -> list[list[int]]:
+    """Token counts of each sample's images. Images fill the placeholders in batch order, row by row (as
+    transformers scatters their features), so a sample's images are the next ones adding up to its count."""
+    out, image = [], 0
+    for needed in per_sample:
+        mine = []
+        while sum(mine) < needed and image < len(counts):
+            mine.append(counts[image])
+            image += 1
+        if sum(mine) != needed:
+            raise UnsupportedInputError(
+                f"the placeholders of a sample ({needed}) do not add up to whole images ({', '.join(map(str, counts))} "
+                "tokens per image); build the inputs with the model's processor"
+            )
+        out.append(mine)
+    if image != len(counts):
+        raise UnsupportedInputError(f"{len(counts) - image} image(s) have no placeholder tokens in input_ids")
+    return out
 
-    Images fill the placeholders in batch order, row by row (as transformers scatters their features), so
-    a sample's images are the next ones whose token counts add up to its placeholder count.
-    """
+
+def _locate_image(model: torch.nn.Module, inputs: dict, sample: int, image_index: int) -> tuple[int, torch.Tensor]:
+    """(index of the image in the batch, prompt positions of its placeholder tokens) for sample/image_index."""
     input_ids = inputs["input_ids"]
     if not 0 <= sample < input_ids.shape[0]:
         raise InvalidParameterError(f"sample {sample} does not exist: the batch has {input_ids.shape[0]} sample(s)")
     placeholders = input_ids == model.config.image_token_id
-    counts = _image_token_counts(model, inputs)
-    per_sample = placeholders.sum(1).tolist()
-    if sum(per_sample) != sum(counts):
-        raise UnsupportedInputError(
-            f"the input has {sum(per_sample)} image placeholder tokens but its {len(counts)} image(s) give "
-            f"{sum(counts)}; build the inputs with the model's processor"
-        )
-    first = 0  # batch index of the sample's first image
-    for needed in per_sample[:sample]:
-        while needed > 0:
-            needed -= counts[first]
-            first += 1
-    mine, needed = [], per_sample[sample]
-    while needed > 0:
-        mine.append(counts[first + len(mine)])
-        needed -= mine[-1]
+    by_sample = _images_by_sample(placeholders.sum(1).tolist(), _image_token_counts(model, inputs))
+    mine = by_sample[sample]
     if not 0 <= image_index < len(mine):
         raise InvalidParameterError(f"image_index {image_index} does not exist: sample {sample} has {len(mine)} image(s)")
     positions = placeholders[sample].nonzero().flatten().cpu()
     start = sum(mine[:image_index])
+    first = sum(len(images) for images in by_sample[:sample])  # batch index of the sample's first image
     return first + image_index, positions[start : start + mine[image_index]]
 
 
