@@ -16,11 +16,12 @@ from rich.markup import escape
 from . import __version__
 from .errors import TokenpruneError
 
-#: subcommand -> (module, one-line help). Add `list`, `compare`, `bench` here.
+#: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tokenprune.demo", "compare the unpruned model with FastV, VTW and ST3 on one input"),
     "show": ("tokenprune.show", "draw which visual tokens each strategy keeps at each cut layer, over the image (PNG)"),
     "list": ("tokenprune.catalog", "list every registered strategy, part and adapter with its parameters"),
+    "compare": ("tokenprune.compare", "run the baseline and every strategy of a config file; write tables and plots"),
 }
 
 EXIT_USAGE = 2  # bad arguments, missing files, unsupported models: what argparse uses too

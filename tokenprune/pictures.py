@@ -348,21 +348,26 @@ def render(
     *,
     max_new_tokens: int = 1,
     adapter_options: dict | None = None,
+    labels: list[str] | None = None,
     **kw: Any,
 ) -> Path:
     """Run each strategy (a name, a config dict, a Strategy, or (name, params)) under `tp.prune` with greedy
     generate on `inputs`, then draw what each kept (`draw_kept_tokens`; `kw`: sample, image_index, title).
 
-    The cuts happen in the prefill, so one new token is enough. `adapter_options` go to `tp.prune` (with
+    `labels` name the rows (default: each strategy's name and parameters). The cuts happen in the prefill,
+    so one new token is enough. `adapter_options` go to `tp.prune` (with
     LLaVA-NeXT's `prune_newlines`, removed newlines are not drawn: only feature tokens are).
     """
     from .api import prune, resolve_strategy
 
+    if labels is not None and len(labels) != len(strategies):
+        raise ValueError(f"{len(labels)} labels for {len(strategies)} strategies")
     runs = []
     with torch.inference_mode():
-        for item in strategies:
+        for i, item in enumerate(strategies):
             strategy = resolve_strategy(item[0], **item[1]) if isinstance(item, tuple) else resolve_strategy(item)
             with prune(model, strategy, adapter_options=adapter_options) as run:
                 model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-            runs.append((strategy_label(strategy.describe()), run.report))
+            label = labels[i] if labels is not None else strategy_label(strategy.describe())
+            runs.append((label, run.report))
     return draw_kept_tokens(image, runs, inputs, model, out_path, **kw)
