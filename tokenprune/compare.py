@@ -16,6 +16,7 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -280,24 +281,28 @@ class Comparison:
         self.cells.write(name, method.timing)
 
     def _pictures(self) -> None:
+        """Kept-token pictures of the first samples; redrawn only when the drawn strategies changed."""
         from .pictures import render
 
         folder = self.out / "pictures"
         folder.mkdir(parents=True, exist_ok=True)
         drawn = [m for m in self.methods[1:] if m.strategy is not None and m.error is None]
+        key = self.cells.key(self.fingerprint, [(m.label, m.strategy.describe()) for m in drawn])
         self.pictures = []
         for index, sample in enumerate(self.samples[: self.config.pictures.samples]):
-            path = folder / f"kept_tokens_{index}.png"
             if not sample.images:
                 continue
+            path = folder / f"kept_tokens_{index}.png"
+            marker = f"picture-{index}-{key}"
             self.pictures.append(str(path.relative_to(self.out)))
-            if path.exists():
+            if path.exists() and self.cells.read(marker) is not None:
                 continue
             self._status(f"drawing kept tokens of sample {index + 1}")
             inputs = self.loaded.inputs(sample.images, sample.prompt)
             render(self.loaded.model, inputs, sample.images[0], [m.strategy for m in drawn], path,
                    labels=[m.label for m in drawn], adapter_options=self.config.model.adapter_options or None,
                    title=f"sample {sample.id}: visual tokens kept at each cut layer")
+            self.cells.write(marker, {"path": str(path.relative_to(self.out)), "strategies": [m.label for m in drawn]})
 
     # -------------------------------------------------------------------------------- results
     def results(self) -> dict:
@@ -384,12 +389,7 @@ def _aggregate(records: list[dict], baseline: bool) -> dict:
 def machine(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "device": str(device), "cpu": platform.processor() or platform.machine()}
-    try:
-        import os
-
-        info["cpu_count"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        pass
+    info["cpu_count"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
