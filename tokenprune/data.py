@@ -111,6 +111,22 @@ def _subset(total: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(total), limit))
 
 
+def load_image(path: str | Path):
+    """The image file at `path` as RGB; a missing or unreadable file is a DataError naming it."""
+    file = Path(path)
+    if not file.exists():
+        raise DataError(f"image file not found: {path}")
+    if not file.is_file():
+        raise DataError(f"image path {path} is a directory, not an image file")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
 def _open_image(source: bytes | Path, where: str):
     from PIL import Image, UnidentifiedImageError
 

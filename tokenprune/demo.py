@@ -25,15 +25,15 @@ from rich.table import Table
 import tokenprune as tp
 
 from . import timing
+from .data import load_image
 from .metrics import agreement, first_token_kl
+from .models import DTYPES, load_model, resolve_device, resolve_dtype
 from .tiny import TinySpec, build_model, make_inputs
 
 #: the embedded default: LLaVA-1.5's 576 visual tokens (24x24 grid) on a narrow 8-layer LLaMA decoder
 DEFAULT_SPEC = TinySpec(layers=8, hidden=256, heads=8, kv_heads=8, intermediate=688, vocab=1024, grid=24)
 #: synthetic prompt layout around the image, close to LLaVA-1.5's chat template (~64 text tokens)
 TEXT_BEFORE, TEXT_AFTER = 40, 24
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class DemoError(Exception):
@@ -96,24 +96,6 @@ class Setup:
     info: dict = field(default_factory=dict)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise DemoError(f"bad --device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DemoError(f"--device {name} asked for, but torch sees no CUDA device (torch {torch.__version__})")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
-
-
 def _to(inputs: dict, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in inputs.items():
@@ -121,6 +103,28 @@ def _to(inputs: dict, device: torch.device, dtype: torch.dtype) -> dict[str, tor
             value = value.to(device, dtype) if value.is_floating_point() else value.to(device)
         out[key] = value
     return out
+
+
+def real_setup(model_dir: str, image, prompt: str, device: str, dtype: str, attn: str) -> Setup:
+    """Local weights through `tokenprune.models` (the processor and its chat template prepare the input)."""
+    loaded = load_model(model_dir, dtype=dtype, device=device, attn=attn)
+    inputs = loaded.inputs([image], prompt)
+    config = loaded.model.config
+    image_token = getattr(config, "image_token_id", None)
+    if image_token is None:
+        image_token = getattr(config, "image_token_index", None)
+    visual = int((inputs["input_ids"][0] == image_token).sum()) if image_token is not None else 0
+    description = f"{loaded.description}, {visual} visual + {inputs['input_ids'].shape[1] - visual} text tokens"
+    return Setup(
+        model=loaded.model,
+        inputs=inputs,
+        description=description,
+        num_layers=loaded.num_layers,
+        visual_tokens=visual,
+        synthetic=False,
+        decode=loaded.decode,
+        info={"source": str(model_dir), "class": type(loaded.model).__name__, "prompt": prompt},
+    )
 
 
 def tiny_setup(spec: TinySpec, device: torch.device, dtype: torch.dtype) -> Setup:
@@ -138,103 +142,6 @@ def tiny_setup(spec: TinySpec, device: torch.device, dtype: torch.dtype) -> Setu
         visual_tokens=spec.visual_tokens,
         synthetic=True,
         info={"source": "tiny", "spec": dataclasses.asdict(spec)},
-    )
-
-
-def check_paths(model_dir: str, image_file: str) -> None:
-    """Validate the user's paths before anything slow happens."""
-    image = Path(image_file)
-    if not image.exists():
-        raise DemoError(f"image file not found: {image_file}")
-    if not image.is_file():
-        raise DemoError(f"--image must be a file, but {image_file} is a directory")
-    directory = Path(model_dir)
-    if not directory.exists():
-        raise DemoError(f"model directory not found: {model_dir}")
-    if not directory.is_dir():
-        raise DemoError(f"--model must be a directory with a saved Hugging Face model, but {model_dir} is a file")
-    if not (directory / "config.json").is_file():
-        raise DemoError(
-            f"{model_dir} is not a Hugging Face model directory (no config.json); "
-            "pass the folder written by save_pretrained() or downloaded from the Hub"
-        )
-
-
-def load_image(image_file: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(image_file) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DemoError(f"cannot read image {image_file}: {exc}") from None
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def build_prompt(processor, prompt: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    if getattr(processor, "chat_template", None):
-        return processor.apply_chat_template(messages, add_generation_prompt=True)
-    # LLaVA-1.5's conversation format, for processors saved without a chat template
-    return f"USER: <image>\n{prompt} ASSISTANT:"
-
-
-def real_setup(model_dir: str, image_file: str, image, prompt: str, device, dtype, attn: str) -> Setup:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    with _quiet_transformers():  # the demo shows its own progress; loading chatter would break it up
-        try:
-            processor = AutoProcessor.from_pretrained(model_dir)
-        except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear line
-            raise DemoError(f"cannot load a processor from {model_dir}: {exc}") from None
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
-        except Exception as exc:  # noqa: BLE001
-            raise DemoError(f"cannot load a model from {model_dir}: {exc}") from None
-    model = model.to(device).eval()
-    tp.prune(model, "fastv")  # fails early (UnsupportedModelError) for a model class no adapter serves
-    text = build_prompt(processor, prompt)
-    try:
-        inputs = processor(images=image, text=text, return_tensors="pt")
-    except Exception as exc:  # noqa: BLE001
-        raise DemoError(f"the processor of {model_dir} could not prepare the image and prompt: {exc}") from None
-    inputs = _to(dict(inputs), device, dtype)
-    config = model.config
-    image_token = getattr(config, "image_token_id", None)
-    if image_token is None:
-        image_token = getattr(config, "image_token_index", None)
-    visual = int((inputs["input_ids"][0] == image_token).sum()) if image_token is not None else 0
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
-    layers = int(text_config.num_hidden_layers)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    description = (
-        f"{Path(model_dir).resolve().name} ({type(model).__name__}, {layers} layers, "
-        f"{visual} visual + {inputs['input_ids'].shape[1] - visual} text tokens)"
-    )
-    return Setup(
-        model=model,
-        inputs=inputs,
-        description=description,
-        num_layers=layers,
-        visual_tokens=visual,
-        synthetic=False,
-        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-        info={"source": str(model_dir), "class": type(model).__name__, "image": str(image_file), "prompt": prompt},
     )
 
 
@@ -302,8 +209,7 @@ def run_demo(
     if json_path and not Path(json_path).resolve().parent.is_dir():
         raise DemoError(f"cannot write --json {json_path}: folder {Path(json_path).parent} does not exist")
     if model:
-        check_paths(model, image)
-        picture = load_image(image)
+        picture = load_image(image)  # before anything slow: a bad path fails at once
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
 
@@ -318,7 +224,7 @@ def run_demo(
     ) as progress:
         step = progress.add_task("loading model", total=None)
         if model:
-            setup = real_setup(model, image, picture, prompt, dev, dt, attn)
+            setup = real_setup(model, picture, prompt, device, dtype, attn)
         else:
             setup = tiny_setup(spec or dataclasses.replace(DEFAULT_SPEC, attn=attn), dev, dt)
         methods = default_methods(setup.num_layers)

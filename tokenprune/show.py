@@ -15,6 +15,7 @@ from rich.console import Console
 
 from .api import resolve_strategy
 from .demo import DTYPES, default_methods
+from .data import load_image
 from .errors import ConfigError, DataError
 
 DEFAULT_PROMPT = "What shapes are in the picture?"
@@ -82,22 +83,6 @@ def synthetic_image(width: int = 480, height: int = 360):
     draw.polygon([(120 * w, 330 * h), (220 * w, 200 * h), (320 * w, 330 * h)], fill=(240, 190, 30))
     draw.ellipse((340 * w, 220 * h, 460 * w, 340 * h), fill=(40, 160, 80))
     return image
-
-
-def load_image(path: str):
-    """The image at `path` as RGB; a missing or unreadable file is a DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    file = Path(path)
-    if not file.exists():
-        raise DataError(f"image file not found: {path}")
-    if not file.is_file():
-        raise DataError(f"--image must be a file, but {path} is a directory")
-    try:
-        with Image.open(file) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------- command
