@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,7 +301,7 @@ class Comparison:
             self._status(f"drawing kept tokens of sample {index + 1}")
             inputs = self.loaded.inputs(sample.images, sample.prompt)
             render(self.loaded.model, inputs, sample.images[0], [m.strategy for m in drawn], path,
-                   labels=[m.label for m in drawn], adapter_options=self.config.model.adapter_options or None,
+                   labels=[textwrap.fill(m.label, 22) for m in drawn], adapter_options=self.config.model.adapter_options or None,
                    title=f"sample {sample.id}: visual tokens kept at each cut layer")
             self.cells.write(marker, {"path": str(path.relative_to(self.out)), "strategies": [m.label for m in drawn]})
 
