@@ -435,10 +435,15 @@ def test_force_redraws_pictures(tmp_path):
         assert image.size != (1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: compare.py Cells.append opens the JSONL cell in 'a' mode and writes the record after a last line "
-    "that a crash left without its newline, so the redone record is glued to the broken line, unreadable, "
-    "and the sample is computed once more on the next run"))
+def test_force_with_a_bad_config_keeps_the_finished_cells(tmp_path, spy):
+    out = tmp_path / "out"
+    assert run(write_config(tmp_path, [VTW]), out)[0] == 0
+    cells = sorted(p.name for p in (out / "cells").iterdir())
+    too_deep = write_config(tmp_path, [{"name": "fastv", "k": 10}])
+    assert run(too_deep, out, "--force")[0] == 2
+    assert sorted(p.name for p in (out / "cells").iterdir()) == cells
+
+
 def test_a_line_cut_short_by_a_crash_is_redone_once(tmp_path, spy):
     out = tmp_path / "out"
     config = write_config(tmp_path, [VTW])

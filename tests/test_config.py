@@ -249,9 +249,6 @@ def test_file_errors(tmp_path):
         load_config(toml_bad)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: config.py strategy_specs checks labels for duplicates and slashes only; the label 'baseline' "
-    "(compare.BASELINE) is accepted, so results.json/csv/md get two rows labelled 'baseline'"))
 def test_the_baseline_label_is_reserved(tmp_path):
     path = write(tmp_path / "c.yaml", "strategies: [{name: st3, label: baseline}]\n")
     with pytest.raises(tp.ConfigError, match=r"strategies.*baseline"):

@@ -68,8 +68,11 @@ class Cells:
 
     def append(self, name: str, record: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{name}.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.root / f"{name}.jsonl"
+        torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+        with open(path, "a") as f:
+            # after a crash mid-write the last line has no newline: start a fresh line so this record stays readable
+            f.write(("\n" if torn else "") + json.dumps(record) + "\n")
 
     def read(self, name: str) -> dict | None:
         path = self.root / f"{name}.json"
@@ -112,8 +115,7 @@ class Comparison:
         self.console = console or Console()
         self.progress_console = progress_console or Console(stderr=True)
         self.specs = strategy_specs(config, source)
-        if force and (self.out / "cells").exists():
-            shutil.rmtree(self.out / "cells")
+        self.force = force
         self.cells = Cells(self.out / "cells")
         self.loaded: LoadedModel | None = None
         self.samples: list = []
@@ -136,6 +138,8 @@ class Comparison:
                     self._prune(spec.strategy).strategy.check(self.loaded.num_layers)
                 except TokenpruneError as exc:
                     raise ConfigError(f"{self.source}: strategy '{spec.label}' does not fit {self.loaded.description}: {exc}") from None
+        if self.force and self.cells.root.exists():  # only once the config is known to be good
+            shutil.rmtree(self.cells.root)
         self.fingerprint = {
             "tokenprune": tp.__version__,
             "model": c.model.model_dump(),
@@ -301,7 +305,8 @@ class Comparison:
             self._status(f"drawing kept tokens of sample {index + 1}")
             inputs = self.loaded.inputs(sample.images, sample.prompt)
             render(self.loaded.model, inputs, sample.images[0], [m.strategy for m in drawn], path,
-                   labels=[textwrap.fill(m.label, 22) for m in drawn], adapter_options=self.config.model.adapter_options or None,
+                   labels=[textwrap.fill(m.label, 22) for m in drawn], adapter=self.config.model.adapter,
+                   adapter_options=self.config.model.adapter_options or None,
                    title=f"sample {sample.id}: visual tokens kept at each cut layer")
             self.cells.write(marker, {"path": str(path.relative_to(self.out)), "strategies": [m.label for m in drawn]})
 

@@ -198,6 +198,9 @@ def strategy_specs(config: CompareConfig, source: str = "<config>") -> list[Stra
             raise ConfigError(f"{source}: {where}: {exc}") from None
         specs.append(StrategySpec(_label(raw), raw, *spec))
     labels = [s.label for s in specs]
+    if "baseline" in labels:
+        i = labels.index("baseline")
+        raise ConfigError(f"{source}: strategies[{i}].label: 'baseline' is reserved for the unpruned row; choose another label")
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise ConfigError(f"{source}: strategies: labels must be unique, {duplicates} appear twice; add `label:` keys")

@@ -347,6 +347,7 @@ def render(
     out_path: str | Path,
     *,
     max_new_tokens: int = 1,
+    adapter: "str | None" = None,
     adapter_options: dict | None = None,
     labels: list[str] | None = None,
     **kw: Any,
@@ -355,7 +356,7 @@ def render(
     generate on `inputs`, then draw what each kept (`draw_kept_tokens`; `kw`: sample, image_index, title).
 
     `labels` name the rows (default: each strategy's name and parameters). The cuts happen in the prefill,
-    so one new token is enough. `adapter_options` go to `tp.prune` (with
+    so one new token is enough. `adapter` and `adapter_options` go to `tp.prune` (with
     LLaVA-NeXT's `prune_newlines`, removed newlines are not drawn: only feature tokens are).
     """
     from .api import prune, resolve_strategy
@@ -366,7 +367,7 @@ def render(
     with torch.inference_mode():
         for i, item in enumerate(strategies):
             strategy = resolve_strategy(item[0], **item[1]) if isinstance(item, tuple) else resolve_strategy(item)
-            with prune(model, strategy, adapter_options=adapter_options) as run:
+            with prune(model, strategy, adapter=adapter, adapter_options=adapter_options) as run:
                 model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
             label = labels[i] if labels is not None else strategy_label(strategy.describe())
             runs.append((label, run.report))
