@@ -29,25 +29,32 @@ def _mean_curves(records: list[dict], key: str) -> list[float]:
 
 
 def tradeoff(results: dict, path: Path) -> str:
-    """Task accuracy (when the data has answers) or greedy agreement vs prefill FLOPs, one point per strategy."""
+    """Quality vs prefill FLOPs, one marker per strategy: greedy agreement with the baseline (any data),
+    and task accuracy next to it when the data has answers."""
     rows = [r for r in results["rows"] if r.get("prefill_flops_ratio") is not None]
-    metric, label = "agreement", "greedy-token agreement with the baseline (%)"
+    panels = [("agreement", "greedy-token agreement with the baseline (%)")]
     if any("accuracy" in (r.get("task") or {}) for r in rows):
-        metric, label = "accuracy", "task accuracy (%)"
-    fig = Figure(figsize=(6, 4.2))
-    ax = fig.add_subplot()
-    for row in rows:
-        y = (row.get("task") or {}).get("accuracy") if metric == "accuracy" else row.get("agreement")
-        if y is None:
-            continue
-        x = 100 * row["prefill_flops_ratio"]
-        ax.scatter([x], [100 * y], s=40, zorder=3)
-        ax.annotate(row["label"], (x, 100 * y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("prefill FLOPs (% of baseline)")
-    ax.set_ylabel(label)
-    ax.set_xlim(0, 105)
-    ax.grid(alpha=0.3)
-    ax.set_title("Quality vs compute")
+        panels.insert(0, ("accuracy", "task accuracy (%)"))
+    fig = Figure(figsize=(5.2 * len(panels) + 1.8, 4.2))
+    markers = "osD^v<>pPX*h"
+    for p, (metric, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), p + 1)
+        for i, row in enumerate(rows):
+            y = (row.get("task") or {}).get("accuracy") if metric == "accuracy" else row.get("agreement")
+            if y is None:
+                continue
+            ax.scatter([100 * row["prefill_flops_ratio"]], [100 * y], s=45, marker=markers[i % len(markers)],
+                       label=row["label"], zorder=3)
+        ax.set_xlabel("prefill FLOPs (% of baseline)")
+        ax.set_ylabel(label)
+        ax.set_xlim(0, 105)
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+    # one legend for all panels, outside the axes: labels never overlap the points
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle("Quality vs compute")
+    fig.tight_layout()
     _save(fig, path)
     return path.name
 
