@@ -27,6 +27,8 @@ class LlavaNextOptions(AdapterOptions):
 
 
 class LlavaNextAdapter(LlavaAdapter):
+    """LLaVA-NeXT (anyres): a base crop plus unpadded tiles per image, one image_newline token per tile row."""
+
     name = "llava_next"
     model_classes = ("LlavaNextForConditionalGeneration",)
     Options = LlavaNextOptions

@@ -110,12 +110,11 @@ def print_catalog(listing: dict, console: Console) -> None:
         table.add_column("From", style="dim")
         for entry in listing[kind]:
             params = "\n".join(_param_line(p) for p in entry["parameters"]) or "[dim]none[/dim]"
-            description = entry["description"].splitlines()[0] if entry["description"] else ""
+            description = escape(entry["description"].splitlines()[0]) if entry["description"] else ""
             if entry.get("model_classes"):
                 description += f"\n[dim]{escape(', '.join(entry['model_classes']))}[/dim]"
             table.add_row(
-                escape(entry["name"]), params, escape(description) if "\n[dim]" not in description else description,
-                escape(f"{entry['distribution']}\nplugin '{entry['plugin']}'"),
+                escape(entry["name"]), params, description, escape(f"{entry['distribution']}\nplugin '{entry['plugin']}'")
             )
         console.print(table)
     if listing["problems"]:
