@@ -315,6 +315,7 @@ class Comparison:
         task = datasets.task_of(self.config.data.format)
         rows = []
         for method in self.methods:
+            baseline = method is self.methods[0]
             records = [method.records[i] for i in sorted(method.records)]
             row: dict[str, Any] = {"label": method.label, "samples": len(records),
                                    "strategy": method.strategy.describe() if method.strategy else None}
@@ -322,11 +323,11 @@ class Comparison:
                 row["error"] = method.error
             if method.calibration:
                 row["calibration"] = method.calibration
-            row.update(_aggregate(records, method.strategy is None))
+            row.update(_aggregate(records, baseline))
             if "accuracy" in self.config.metrics and records:
                 done = [self.samples[r["index"]] for r in records]
                 row["task"] = datasets.score_predictions(task, [r["prediction"] for r in records], done)
-            if method.strategy is None:
+            if baseline:
                 row.update(ttft_ratio=1.0, decode_ratio=1.0, end_to_end_ratio=1.0)
             elif method.timing:
                 row.update({k: method.timing[k] for k in ("ttft_ratio", "decode_ratio", "end_to_end_ratio")})

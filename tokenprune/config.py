@@ -125,7 +125,10 @@ def read_file(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" if not path.exists() else f"{path} is not a file")
     suffix = path.suffix.lower()
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
         if suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text)
