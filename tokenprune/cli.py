@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("tokenprune.show", "draw which visual tokens each strategy keeps at each cut layer, over the image (PNG)"),
     "list": ("tokenprune.catalog", "list every registered strategy, part and adapter with its parameters"),
     "compare": ("tokenprune.compare", "run the baseline and every strategy of a config file; write tables and plots"),
+    "bench": ("tokenprune.bench", "time the baseline and strategies side by side on fixed model shapes (ratios)"),
 }
 
 EXIT_USAGE = 2  # bad arguments, missing files, unsupported models: what argparse uses too

@@ -1,0 +1,325 @@
+"""`tokenprune bench`: baseline and strategies side by side, as ratios, on fixed random-weight model shapes.
+
+Every size is a random LLaVA model of a real shape (the vision tower is tiny: only the language model is
+pruned and timed). All methods run in one process on the same inputs: one warm-up each, interleaved
+repeats, medians (`tokenprune.timing`). Per method: TTFT, decode ms/token and end-to-end ratios to the
+baseline, peak memory (CUDA only), KV bytes and FLOPs ratios from the report. A budget sweep of FastV
+and ST3 gives the time-vs-FLOPs plot: the FLOPs ratio is the physical limit of what removing tokens can
+save, so a point on the diagonal means the implementation gets all of it.
+
+Results go to `--out` (default `benchmarks/results`) as `bench-<size>-b<batch>.json` and
+`time_vs_flops-<size>-b<batch>.png`; `docs/benchmarks.md` cites them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import tokenprune as tp
+
+from . import timing
+from .errors import ConfigError
+from .tiny import TinySpec, build_model, make_inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    name: str
+    spec: TinySpec
+    text_before: int = 35
+    text_after: int = 28
+    image_size: tuple[int, int] | None = None  # LLaVA-NeXT image (h, w) in tiny pixels: sets the token count
+    gpu_only: bool = False
+
+
+SIZES = {
+    s.name: s
+    for s in [
+        # 16 layers, hidden 1024, 576 visual + 64 text: what a 2-core CPU can time in minutes
+        Size("cpu-medium", TinySpec(layers=16, hidden=1024, heads=16, kv_heads=16, intermediate=2816, vocab=32000, grid=24)),
+        Size("llava15-7b", TinySpec(layers=32, hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32064, grid=24), gpu_only=True),
+        Size("llava15-13b", TinySpec(layers=40, hidden=5120, heads=40, kv_heads=40, intermediate=13824, vocab=32064, grid=24), gpu_only=True),
+        # 2340 placeholder tokens (36 newlines) like a 480x640 image on LLaVA-NeXT-7B (Vicuna)
+        Size("llava-next-7b", TinySpec(layers=32, hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32064, grid=24,
+                                       family="llava_next"), image_size=(60, 80), gpu_only=True),
+        # LLaVA-NeXT length (2340 placeholders) at the CPU width: for the scoring comparison on a CPU
+        Size("cpu-next", TinySpec(layers=16, hidden=1024, heads=16, kv_heads=16, intermediate=2816, vocab=32000, grid=24,
+                                  family="llava_next"), image_size=(60, 80)),
+        # for tests of the command itself: seconds on a CPU
+        Size("tiny", TinySpec(layers=4, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512, grid=6),
+             text_before=6, text_after=6),
+    ]
+}
+
+
+def methods_for(layers: int) -> list[tuple[str, dict]]:
+    """(label, strategy config): the no-op hooks, the defaults of every method, and a budget sweep."""
+    half = max(1, layers // 2)
+    return [
+        ("hooks only (fastv ratio=0)", {"name": "fastv", "ratio": 0.0}),
+        ("fastv", {"name": "fastv"}),
+        (f"vtw k={half}", {"name": "vtw", "k": half}),
+        ("st3", {"name": "st3"}),
+        ("fastv ratio=0.25", {"name": "fastv", "ratio": 0.25}),
+        ("fastv ratio=0.75", {"name": "fastv", "ratio": 0.75}),
+        ("st3 ratio=0.1", {"name": "st3", "ratio": 0.1}),
+        ("st3 ratio=0.4", {"name": "st3", "ratio": 0.4}),
+    ]
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if device.type == "cuda":
+        text = f"{torch.cuda.get_device_name(device)}, " + text
+    return text
+
+
+def build(size: Size, batch: int, device: torch.device, dtype: torch.dtype):
+    spec = size.spec
+    model = build_model(spec, dtype=dtype).to(device)
+    sizes = [[size.image_size]] * batch if size.image_size else None
+    data = make_inputs(spec, text_before=[size.text_before] * batch, text_after=[size.text_after] * batch, image_sizes=sizes)
+    data = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in data.items()}
+    return model, data
+
+
+def run_size(size: Size, *, batch: int, new_tokens: int, repeats: int, device: torch.device, dtype: torch.dtype,
+             on_step: Callable[[str], None] | None = None) -> dict:
+    model, data = build(size, batch, device, dtype)
+    layers = size.spec.layers
+    configs = methods_for(layers)
+    strategies = {label: tp.resolve_strategy(config) for label, config in configs}
+    methods = [timing.baseline_method()] + [(label, (lambda s=s: tp.prune(model, s))) for label, s in strategies.items()]
+
+    def generate(n: int, stopping_criteria) -> None:
+        model.generate(**data, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
+                       stopping_criteria=stopping_criteria)
+
+    timings = timing.measure(methods, generate, new_tokens, repeats=repeats, warmup=1, on_step=on_step)
+    rel = timing.ratios(timings)
+    rows = {}
+    for label, factory in methods:
+        run, peak = _measured_run(model, data, new_tokens, factory, device)
+        report = run.report if run is not None else None
+        flops = report.flops() if report else {}
+        kv = report.kv_bytes() if report else {}
+        rows[label] = {
+            "strategy": strategies[label].describe() if label in strategies else None,
+            **rel[label],
+            "ttft_s": timings[label].ttft,
+            "decode_s_per_token": timings[label].decode_per_token,
+            "end_to_end_s": timings[label].end_to_end,
+            "prefill_flops_ratio": flops.get("prefill_ratio", 1.0),
+            "decode_flops_ratio": flops.get("decode_ratio", 1.0),
+            "total_flops_ratio": flops.get("total_ratio", 1.0),
+            "visual_kv_mean_ratio": kv["visual"]["mean_ratio"] if kv else 1.0,
+            "total_kv_mean_ratio": kv["total"]["mean_ratio"] if kv else 1.0,
+            "total_kv_peak_bytes": kv["total"]["peak"] if kv else None,
+            "peak_memory_bytes": peak,
+        }
+    return {
+        "size": size.name,
+        "spec": dataclasses.asdict(size.spec),
+        "prompt_tokens": int(data["input_ids"].shape[1]),
+        "batch": batch,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "machine": machine(device),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows": rows,
+        "timings": {name: t.to_dict() for name, t in timings.items()},
+        "targets": targets(rows, device),
+    }
+
+
+def _measured_run(model, data, new_tokens: int, factory, device: torch.device):
+    """One generation under the method: its pruning session (None for the baseline) and the peak accelerator
+    memory it reached (None on CPU, where torch keeps no allocator statistics)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), factory() as run:
+        model.generate(**data, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=1)
+    if not cuda:
+        return run, None
+    torch.cuda.synchronize(device)
+    return run, int(torch.cuda.max_memory_allocated(device))
+
+
+def targets(rows: dict, device: torch.device) -> list[dict]:
+    """The issue's targets that a single size can check: hooks overhead and TTFT vs the FLOPs limit."""
+    limit = 0.02 if device.type == "cpu" else 0.01
+    hooks = rows["hooks only (fastv ratio=0)"]
+    out = [{
+        "target": f"hooks that remove nothing cost <= {limit:.0%} of prefill time",
+        "value": hooks["ttft_ratio"] - 1.0,
+        "met": hooks["ttft_ratio"] - 1.0 <= limit,
+    }]
+    for label, row in rows.items():
+        if row["strategy"] is None or label.startswith("hooks"):
+            continue
+        gap = row["ttft_ratio"] / row["prefill_flops_ratio"] - 1.0
+        out.append({"target": f"{label}: TTFT ratio within 10% of its prefill FLOPs ratio",
+                    "value": gap, "met": abs(gap) <= 0.10})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- scoring
+class FullAttentionScores(tp.ScoreProvider):
+    """FastV's scores read from the full attention matrix of the scoring layer, as eager attention with
+    `output_attentions=True` materialises it: every query row, (B, H, L, L) in float32. Used only to
+    measure what tokenprune's one-row recomputation (`last_query_attention`) saves."""
+
+    name = "full_attention_matrix"
+
+    def score(self, view: tp.AttentionView) -> torch.Tensor:
+        bsz, q_len = view.raw_queries.shape[:2]
+        rows = torch.arange(q_len, device=view.raw_queries.device).expand(bsz, -1)
+        return view.attention(rows)[:, :, -1].mean(dim=1)  # the last query's row, as in FastV's code
+
+
+def scoring_comparison(size: Size, *, new_tokens: int, repeats: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """FastV with sdpa and one recomputed attention row vs FastV reading the full attention matrix."""
+    from .strategies.decays import NoDecay
+    from .strategies.schedules import SingleCut
+
+    model, data = build(size, 1, device, dtype)
+    recomputed = tp.resolve_strategy("fastv")
+    full = tp.Strategy("fastv", recomputed.params, SingleCut(layer=2, ratio=0.5), NoDecay(), FullAttentionScores())
+    methods = [timing.baseline_method(), ("fastv (sdpa, 1 recomputed row)", lambda: tp.prune(model, recomputed)),
+               ("fastv (full attention matrix at the scoring layer)", lambda: tp.prune(model, full))]
+
+    def generate(n: int, stopping_criteria) -> None:
+        model.generate(**data, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
+                       stopping_criteria=stopping_criteria)
+
+    timings = timing.measure(methods, generate, new_tokens, repeats=repeats, warmup=1)
+    rel = timing.ratios(timings)
+    fast, slow = methods[1][0], methods[2][0]
+    return {
+        "size": size.name, "prompt_tokens": int(data["input_ids"].shape[1]), "new_tokens": new_tokens, "repeats": repeats,
+        "device": str(device), "dtype": str(dtype).removeprefix("torch."), "machine": machine(device),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ratios": rel, "ttft_s": {name: t.ttft for name, t in timings.items()},
+        "speedup_of_recomputed_scores": timings[slow].ttft / timings[fast].ttft,
+    }
+
+
+# ------------------------------------------------------------------------------------------- plot
+def plot(result: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1.05], [0, 1.05], color="black", linestyle="--", linewidth=1, label="time = FLOPs (the limit)")
+    families = {"fastv": "tab:blue", "st3": "tab:red", "vtw": "tab:green", "hooks": "tab:gray"}
+    for label, row in result["rows"].items():
+        if row["strategy"] is None:
+            continue
+        color = next((c for key, c in families.items() if label.startswith(key)), "tab:purple")
+        ax.scatter([row["prefill_flops_ratio"]], [row["ttft_ratio"]], color=color, s=36, zorder=3)
+        ax.annotate(label, (row["prefill_flops_ratio"], row["ttft_ratio"]), textcoords="offset points",
+                    xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("prefill FLOPs ratio (report)")
+    ax.set_ylabel("TTFT ratio (measured)")
+    ax.set_xlim(0, 1.1)
+    ax.set_ylim(0, max(1.1, max(r["ttft_ratio"] for r in result["rows"].values()) + 0.05))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"{result['size']}, batch {result['batch']}: time vs FLOPs", fontsize=10)
+    fig.savefig(path, dpi=130, bbox_inches="tight", facecolor="white")
+
+
+def print_result(result: dict, console: Console) -> None:
+    table = Table(title=f"tokenprune bench: {result['size']} (prompt {result['prompt_tokens']} tokens, batch "
+                        f"{result['batch']}, {result['new_tokens']} new tokens), {result['device']} {result['dtype']}",
+                  caption=f"{result['machine']}; medians of {result['repeats']} interleaved repeats")
+    for column in ("method", "TTFT", "prefill FLOPs", "decode/tok", "end-to-end", "visual KV", "total KV", "peak mem"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for label, r in result["rows"].items():
+        mem = f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r["peak_memory_bytes"] else "-"
+        table.add_row(label, f"{r['ttft_ratio']:.3f}", f"{r['prefill_flops_ratio']:.3f}", f"{r['decode_ratio']:.3f}",
+                      f"{r['end_to_end_ratio']:.3f}", f"{r['visual_kv_mean_ratio']:.3f}", f"{r['total_kv_mean_ratio']:.3f}", mem)
+    console.print(table)
+    for t in result["targets"]:
+        mark = "[green]met[/green]" if t["met"] else "[red]missed[/red]"
+        console.print(f"  {mark}  {t['target']} ({t['value']:+.1%})")
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", action="append", choices=sorted(SIZES),
+                        help="model shape(s) to run (default: cpu-medium on CPU; the 7B, 13B and NeXT-7B shapes on CUDA)")
+    parser.add_argument("--batch", type=int, action="append", help="batch size(s) (default 1; 1 and 16 on CUDA)")
+    parser.add_argument("--new-tokens", type=int, help="greedy tokens per generation (default 32 on CPU, 128 on CUDA)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are reported (default 5)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="where results go (default benchmarks/results)")
+    parser.add_argument("--scoring", action="store_true",
+                        help="instead: FastV's recomputed one-row scores vs the full attention matrix, at LLaVA-NeXT length")
+
+
+def command(args: argparse.Namespace, console: Console) -> int:
+    from .models import resolve_device
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    sizes = args.size or (["llava15-7b", "llava15-13b", "llava-next-7b"] if cuda else ["cpu-medium"])
+    for name in sizes:
+        if SIZES[name].gpu_only and not cuda:
+            raise ConfigError(f"size {name} is a GPU size (7B-class weights); run it on a CUDA device or use cpu-medium")
+    batches = args.batch or ([1, 16] if cuda else [1])
+    new_tokens = args.new_tokens or (128 if cuda else 32)
+    if new_tokens < 2 or args.repeats < 1 or any(b < 1 for b in batches):
+        raise ConfigError("--new-tokens must be >= 2, --repeats and --batch >= 1")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.scoring:
+        size = SIZES[args.size[0] if args.size else ("llava-next-7b" if cuda else "cpu-next")]
+        result = scoring_comparison(size, new_tokens=2, repeats=args.repeats, device=device, dtype=dtype)
+        result["command"] = f"tokenprune bench --scoring --size {size.name} --repeats {args.repeats} --device {args.device}"
+        (out / f"scoring-{size.name}.json").write_text(json.dumps(result, indent=1))
+        for name, ratio in result["ratios"].items():
+            console.print(f"{name}: TTFT ratio {ratio['ttft_ratio']:.3f} ({result['ttft_s'][name]:.2f} s)")
+        console.print(f"recomputed scores are {result['speedup_of_recomputed_scores']:.2f}x faster to first token "
+                      f"at {result['prompt_tokens']} tokens; written: {out / f'scoring-{size.name}.json'}")
+        return 0
+    for name in sizes:
+        for batch in batches:
+            console.print(f"[bold]{name}[/bold], batch {batch}: timing {len(methods_for(SIZES[name].spec.layers)) + 1} methods ...")
+            result = run_size(SIZES[name], batch=batch, new_tokens=new_tokens, repeats=args.repeats, device=device, dtype=dtype)
+            result["command"] = "tokenprune bench " + " ".join(
+                [f"--size {name}", f"--batch {batch}", f"--new-tokens {new_tokens}", f"--repeats {args.repeats}", f"--device {args.device}"])
+            stem = f"{name}-b{batch}"
+            (out / f"bench-{stem}.json").write_text(json.dumps(result, indent=1))
+            plot(result, out / f"time_vs_flops-{stem}.png")
+            print_result(result, console)
+            console.print(f"[dim]written: {out / f'bench-{stem}.json'}, {out / f'time_vs_flops-{stem}.png'}[/dim]")
+            if cuda:
+                del result
+                torch.cuda.empty_cache()
+    return 0
