@@ -71,7 +71,8 @@ def placeholder_mask(model: torch.nn.Module, kwargs: dict, image_token_id: int) 
         return input_ids == image_token_id
     embeds = kwargs["inputs_embeds"]
     token = torch.tensor(image_token_id, device=embeds.device)
-    return (embeds == model.get_input_embeddings()(token).to(embeds.dtype)).all(-1)
+    # the embedding may run on another device (accelerate device_map): compare where the embeddings are
+    return (embeds == model.get_input_embeddings()(token).to(embeds.device, embeds.dtype)).all(-1)
 
 
 def tokens_per_crop(model: torch.nn.Module, kwargs: dict) -> int:

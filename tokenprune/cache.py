@@ -4,6 +4,11 @@ Each layer records, for every cached entry, its RoPE position, whether it is rea
 filler) and whether it is a prunable visual token, plus an accumulated attention score for eviction.
 The metadata follows every batch operation transformers applies to a cache (beam reorder, select,
 repeat), so beam search and friends stay correct after entries were removed.
+
+Devices: a model dispatched by accelerate (`device_map="auto"`) computes each layer on its own device, so
+each layer's metadata lives where that layer's keys live. The engine may hand in metadata from another
+device (the hidden states reach a layer's pre-hook before accelerate moves them); the layer moves it to
+its keys' device on the first `update`, and later appends follow the metadata already held.
 """
 
 from __future__ import annotations
@@ -27,8 +32,17 @@ class PrunableLayer(DynamicLayer):
         self.all_valid = False  # host flag: no padding / filler entry (then a decode step needs no mask)
         self.stale = False  # entries were masked out but are still in the tensors
 
+    @property
+    def meta_device(self) -> torch.device | None:
+        """Where this layer's metadata lives: its keys' device once it holds entries."""
+        if self.is_initialized:
+            return self.keys.device
+        return None if self.valid is None else self.valid.device
+
     def append_meta(self, positions, valid, visual) -> None:
-        scores = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+        device = self.meta_device or valid.device
+        positions, valid, visual = positions.to(device), valid.to(device), visual.to(device)
+        scores = torch.zeros(valid.shape, dtype=torch.float32, device=device)
         if self.positions is None:
             self.positions, self.valid, self.visual, self.scores = positions, valid, visual, scores
         else:
@@ -37,14 +51,26 @@ class PrunableLayer(DynamicLayer):
             self.visual = torch.cat([self.visual, visual], 1)
             self.scores = torch.cat([self.scores, scores], 1)
 
+    def update(self, key_states, value_states, *args, **kwargs):
+        out = super().update(key_states, value_states, *args, **kwargs)
+        if self.valid is not None and self.valid.device != self.keys.device:
+            # metadata appended before the layer ran (on the previous layer's device) joins its keys
+            for name in _META:
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, value.to(self.keys.device))
+        return out
+
     def mask_out(self, keep: torch.Tensor) -> None:
         """Evict the entries outside `keep` (B, L) logically: masked from now on, removed at the next compaction."""
+        keep = keep.to(self.valid.device)
         self.valid = self.valid & keep
         self.visual = self.visual & keep
         self.pruned, self.all_valid, self.stale = True, False, True
 
     def keep_entries(self, index: torch.Tensor, valid: torch.Tensor) -> None:
         """Keep the entries `index` (B, L') of every sample; `valid` (B, L') marks left filler."""
+        index, valid = index.to(self.keys.device), valid.to(self.keys.device)
         kv_index = index[:, None, :, None]
         self.keys = self.keys.gather(2, kv_index.expand(-1, self.keys.shape[1], -1, self.keys.shape[3]))
         self.values = self.values.gather(2, kv_index.expand(-1, self.values.shape[1], -1, self.values.shape[3]))

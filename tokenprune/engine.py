@@ -18,6 +18,14 @@ Data flow of one `generate()` call:
    from the cache tensors every `evict_every` steps; layers whose entries differ from the full sequence
    get their own attention mask built from the cache's per-entry metadata.
 5. *Report*: counts per layer / step are recorded as tensors and turned into FLOPs and KV bytes.
+
+Devices (a model dispatched by accelerate, `device_map="auto"`): every tensor the engine makes follows the
+tensor it is used with, never `model.device`. A layer's pre-hook runs before accelerate's own hook moves
+the layer's inputs, so the prefill layout follows the hidden states it indexes, scores and per-entry cache
+metadata follow that layer's keys (`PrunableLayer` keeps them together), and the masks / rotary rows /
+position ids handed to a layer are moved to its execution device by accelerate with the other arguments.
+Report counts are gathered on the device of the prompt (`_Prefill.home`). Weights that accelerate offloaded
+(on `meta` until its hook loads them) are accepted; weights on `meta` that nothing will load are refused.
 """
 
 from __future__ import annotations
@@ -55,6 +63,11 @@ class _Layout:
             positions=self.positions.gather(1, index),
         )
 
+    def to(self, device: torch.device) -> "_Layout":
+        if self.source.device == device:
+            return self
+        return _Layout(*(t.to(device) for t in (self.source, self.valid, self.visual, self.positions)))
+
 
 @dataclass
 class _Prefill:
@@ -66,6 +79,7 @@ class _Prefill:
     backend: str
     score_layers: set[int]
     length: int  # padded prompt length
+    home: torch.device  # device of the prompt tensors: report counts are gathered here
     changed: bool = False
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # full-length (cos, sin), then per layout
     full_rope: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -190,19 +204,20 @@ class PruningSession:
         return self.reports[-1] if self.reports else Report.empty(self.strategy.describe())
 
     def _check_weights(self) -> None:
-        """Refuse weights the engine cannot serve: not loaded, quantized, or spread over several devices."""
-        params = [*self.parts.language_model.parameters(), *self.parts.lm_head.parameters()]
-        devices = sorted({str(p.device) for p in params})
+        """Refuse weights the engine cannot serve: not loaded, or quantized.
+
+        A language model spread over several devices is fine (every tensor follows its layer); so are
+        weights accelerate offloaded to the CPU or disk: they sit on `meta` until its hook loads them.
+        """
+        served = [self.parts.language_model, self.parts.lm_head]
+        params = [p for m in served for p in m.parameters()]
         name = type(self.model).__name__
-        if "meta" in devices:
+        missing = _unserved_meta(self.model, {id(p) for p in params})
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise UnsupportedModelError(
-                f"this {name} has weights on the meta device (not loaded, or offloaded to disk); load the weights "
-                "onto one device (cpu or cuda) before pruning"
-            )
-        if len(devices) > 1:
-            raise UnsupportedModelError(
-                f"this {name}'s language model is spread over the devices {', '.join(devices)}; tokenprune serves "
-                "a language model on one device (load it with a single-device device_map)"
+                f"this {name} has weights on the meta device that nothing will load ({shown}); load the weights "
+                "(from_pretrained, optionally with device_map='auto', which may offload them to cpu/disk) before pruning"
             )
         dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.dtype not in SUPPORTED_DTYPES})
         if dtypes:
@@ -219,6 +234,12 @@ class PruningSession:
                 f"{tokens} tokens exceed the backbone's sliding window of {window}; tokenprune masks pruned "
                 "layers causally and serves sequences inside the window only"
             )
+
+    def _report_cache(self, cache: PrunableCache, home: torch.device):
+        """The cache as Report.record_cache reads it: per-layer counts on one device (layers may be spread)."""
+        if all(layer.valid.device == home for layer in cache.layers):
+            return cache
+        return _CacheOnDevice(cache, home)
 
     def _backend(self) -> str:
         backend = getattr(self.parts.text_config, "_attn_implementation", None) or "eager"
@@ -363,6 +384,7 @@ class PruningSession:
             backend=self._backend(),
             score_layers=score_layers,
             length=length,
+            home=device,
         )
         return kwargs
 
@@ -428,14 +450,15 @@ class PruningSession:
                 f.cache.processed += f.length
                 f.cache.step = 0
                 layers = f.cache.layers
-                counts = torch.stack([layer.visual.sum(1) for layer in layers]).cpu()
-                all_valid = torch.stack([layer.valid.all() for layer in layers]).tolist()
+                counts = torch.stack([layer.visual.sum(1).to(f.home) for layer in layers]).cpu()
+                all_valid = torch.stack([layer.valid.all().to(f.home) for layer in layers]).tolist()
                 for layer, count, full in zip(layers, counts, all_valid):
                     layer.initial_visual, layer.visual_count, layer.all_valid = count, count.clone(), full
-                f.report.record_cache(f.cache)
+                f.report.record_cache(self._report_cache(f.cache, f.home))
             else:
                 f.cache.processed += f.new_valid.shape[1]
-                f.report.record_cache(f.cache, new_tokens=f.new_valid)
+                home = f.new_valid.device
+                f.report.record_cache(self._report_cache(f.cache, home), new_tokens=f.new_valid)
         self._logits_for = (f.report, "prefill" if isinstance(f, _Prefill) else "decode")
         self._forward = None
         return None
@@ -454,6 +477,8 @@ class PruningSession:
 
     def _prefill_layer(self, i: int, f: _Prefill, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
+        # The layout follows the hidden states it indexes (on the previous layer's device under accelerate).
+        f.layout = f.layout.to(hidden.device)
         if f.full_rope is None:
             cos, sin = kwargs["position_embeddings"]
             bsz = hidden.shape[0]
@@ -462,8 +487,8 @@ class PruningSession:
             present, keep = self._budget(i, f)
             if bool((keep < present).any()):
                 hidden = self._cut(i, f, hidden, present, keep)
-            f.report.record_cut(i, f.layout.source, f.layout.visual)
-        f.report.record_prefill_layer(i, f.layout.valid.sum(1), f.layout.visual.sum(1))
+            f.report.record_cut(i, f.layout.source.to(f.home), f.layout.visual.to(f.home))
+        f.report.record_prefill_layer(i, f.layout.valid.sum(1).to(f.home), f.layout.visual.sum(1).to(f.home))
         if f.cache is not None:
             layer: PrunableLayer = f.cache.layers[i]
             layer.append_meta(f.layout.positions, f.layout.valid, f.layout.visual)
@@ -478,7 +503,8 @@ class PruningSession:
     def _budget(self, layer: int, f: _Prefill) -> tuple[torch.Tensor, torch.Tensor]:
         """(visual tokens present, visual tokens to keep) per sample at cut layer `layer`."""
         present = f.layout.visual.sum(1)
-        keep = self.strategy.schedule.keep(layer, present, f.total_visual).clamp(min=0)
+        keep = self.strategy.schedule.keep(layer, present, f.total_visual.to(present.device)).clamp(min=0)
+        keep = keep.to(present.device)
         return present, torch.minimum(keep, present)
 
     def _cut(self, i: int, f: _Prefill, hidden: torch.Tensor, present: torch.Tensor, keep: torch.Tensor):
@@ -487,7 +513,7 @@ class PruningSession:
         if bool(partial.any()):
             if f.next_scores is None:
                 raise UnsupportedModelError(f"layer {i} must rank visual tokens but no scores were computed at layer {i - 1}")
-            kept_visual = rank_keep(f.next_scores, lay.visual, keep)
+            kept_visual = rank_keep(f.next_scores.to(lay.visual.device), lay.visual, keep)
         else:  # every sample keeps all or none: no ranking needed
             kept_visual = lay.visual & (keep > 0)[:, None]
         f.next_scores = None
@@ -495,13 +521,14 @@ class PruningSession:
         if f.restore is None:
             f.restore = hidden.new_zeros(hidden.shape[0], f.length, hidden.shape[-1])
         dropped = (lay.valid & ~keep_mask).nonzero(as_tuple=True)
-        f.restore[dropped[0], lay.source[dropped]] = hidden[dropped]
+        into = f.restore.device  # the device of the first cut; later cuts may run on other devices
+        f.restore[dropped[0].to(into), lay.source[dropped].to(into)] = hidden[dropped].to(into)
         index = compact(keep_mask)
         f.layout = lay.select(index, keep_mask)
         f.changed = True
         hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
         src = f.layout.source[..., None]
-        cos, sin = f.full_rope
+        cos, sin = (t.to(src.device) for t in f.full_rope)
         f.rope = (cos.gather(1, src.expand(-1, -1, cos.shape[-1])), sin.gather(1, src.expand(-1, -1, sin.shape[-1])))
         f.mask = prefill_mask(f.layout.valid, f.backend, hidden.dtype)
         return hidden
@@ -575,14 +602,14 @@ class PruningSession:
         )
 
     def _prefill_scores(self, i: int, f: _Prefill, module, cos, sin) -> None:
-        lay = f.layout
         if f.cache is not None:
             keys = f.cache.layers[i].keys
         else:
             raw = f.stash["k"]
             keys = raw.view(*raw.shape[:2], -1, self.parts.head_dim).transpose(1, 2)
             _, keys = self.parts.rotary(keys, keys, cos, sin)
-        text_after = lay.valid & ~lay.visual & (lay.source > f.image_end[:, None])
+        lay = f.layout.to(keys.device)  # the layer ran where its keys are
+        text_after = lay.valid & ~lay.visual & (lay.source > f.image_end.to(keys.device)[:, None])
         view = self._view(i, f, module, keys, cos, sin, lay.valid, lay.visual, text_after)
         nxt = i + 1
         if nxt in self.cut_layers and self.strategy.score is not None:
@@ -596,7 +623,7 @@ class PruningSession:
 
     def _decode_scores(self, i: int, f: _Decode, module, cos, sin) -> None:
         layer: PrunableLayer = f.cache.layers[i]
-        no_text = torch.zeros_like(f.positions, dtype=torch.bool)
+        no_text = torch.zeros(f.positions.shape, dtype=torch.bool, device=layer.valid.device)
         view = self._view(i, f, module, layer.keys, cos, sin, layer.valid, layer.visual, no_text)
         layer.scores = layer.scores + view.last_query_attention()
         f.report.scoring_flops["decode"] += view.flops
@@ -607,9 +634,10 @@ class PruningSession:
         if not isinstance(f, _Prefill) or not f.changed:
             return None
         hidden = args[0]
-        rows, cols = f.layout.valid.nonzero(as_tuple=True)
-        restored = f.restore.to(hidden.dtype).clone()
-        restored[rows, f.layout.source[rows, cols]] = hidden[rows, cols]
+        lay = f.layout.to(hidden.device)
+        rows, cols = lay.valid.nonzero(as_tuple=True)
+        restored = f.restore.to(hidden.device, hidden.dtype, copy=True)
+        restored[rows, lay.source[rows, cols]] = hidden[rows, cols]
         return (restored, *args[1:])
 
     def _on_logits(self, module, args, output):
@@ -618,3 +646,70 @@ class PruningSession:
             report, phase = self._logits_for
             report.logit_rows[phase] += output.shape[:-1].numel()
             self._logits_for = None
+
+
+def _offload_hooks(module: torch.nn.Module) -> list:
+    """accelerate's AlignDevicesHooks on `module` that load offloaded weights before its forward."""
+    hook = getattr(module, "_hf_hook", None)
+    hooks = list(getattr(hook, "hooks", [hook])) if hook is not None else []  # SequentialHook holds several
+    return [h for h in hooks if getattr(h, "offload", False) and getattr(h, "weights_map", None) is not None]
+
+
+def _unserved_meta(root: torch.nn.Module, among: set[int]) -> list[str]:
+    """Names of `root`'s parameters (those whose id is in `among`) on `meta` that no accelerate hook will
+    load: not loaded at all.
+
+    accelerate offloads a module's weights to cpu/disk by putting them on `meta` and attaching an
+    AlignDevicesHook(offload=True) whose `weights_map` holds them, on the module itself or, with
+    `place_submodules`, on an ancestor; the hook loads them onto the execution device for each forward.
+    """
+    modules = dict(root.named_modules())
+    keys: dict[int, set[str]] = {}  # weights_map -> the names it holds (listed once; never loads a weight)
+
+    def holds(weights_map, relative: str) -> bool:
+        if id(weights_map) not in keys:
+            keys[id(weights_map)] = set(weights_map)  # Mapping iteration lists names only
+        # accelerate's PrefixedDataset is indexed by relative names but iterates the full (prefixed) ones
+        names = keys[id(weights_map)]
+        return relative in names or getattr(weights_map, "prefix", "") + relative in names
+
+    missing = []
+    for name, param in root.named_parameters():
+        if param.device.type != "meta" or id(param) not in among:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        served = False
+        path = owner.split(".") if owner else []
+        for depth in range(len(path), -1, -1):  # the owner first, then its ancestors
+            holder = ".".join(path[:depth])
+            relative = ".".join([*path[depth:], leaf])
+            for hook in _offload_hooks(modules[holder]):
+                if (depth == len(path) or getattr(hook, "place_submodules", False)) and holds(hook.weights_map, relative):
+                    served = True
+            if served:
+                break
+        if not served:
+            missing.append(name)
+    return missing
+
+
+class _CacheOnDevice:
+    """Read-only view of a PrunableCache whose layers' counts are moved to one device (for the report)."""
+
+    def __init__(self, cache: PrunableCache, device: torch.device) -> None:
+        self._cache = cache
+        self.layers = [_LayerOnDevice(layer, device) for layer in cache.layers]
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
+class _LayerOnDevice:
+    def __init__(self, layer: PrunableLayer, device: torch.device) -> None:
+        self._layer, self._device = layer, device
+
+    def __getattr__(self, name):
+        value = getattr(self._layer, name)
+        if name in ("valid", "visual", "positions", "scores") and isinstance(value, torch.Tensor):
+            return value.to(self._device)
+        return value
