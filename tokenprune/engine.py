@@ -235,12 +235,6 @@ class PruningSession:
                 "layers causally and serves sequences inside the window only"
             )
 
-    def _report_cache(self, cache: PrunableCache, home: torch.device):
-        """The cache as Report.record_cache reads it: per-layer counts on one device (layers may be spread)."""
-        if all(layer.valid.device == home for layer in cache.layers):
-            return cache
-        return _CacheOnDevice(cache, home)
-
     def _backend(self) -> str:
         backend = getattr(self.parts.text_config, "_attn_implementation", None) or "eager"
         if backend not in SUPPORTED_ATTENTION:
@@ -454,11 +448,10 @@ class PruningSession:
                 all_valid = torch.stack([layer.valid.all().to(f.home) for layer in layers]).tolist()
                 for layer, count, full in zip(layers, counts, all_valid):
                     layer.initial_visual, layer.visual_count, layer.all_valid = count, count.clone(), full
-                f.report.record_cache(self._report_cache(f.cache, f.home))
+                f.report.record_cache(f.cache)
             else:
                 f.cache.processed += f.new_valid.shape[1]
-                home = f.new_valid.device
-                f.report.record_cache(self._report_cache(f.cache, home), new_tokens=f.new_valid)
+                f.report.record_cache(f.cache, new_tokens=f.new_valid)
         self._logits_for = (f.report, "prefill" if isinstance(f, _Prefill) else "decode")
         self._forward = None
         return None
@@ -691,25 +684,3 @@ def _unserved_meta(root: torch.nn.Module, among: set[int]) -> list[str]:
         if not served:
             missing.append(name)
     return missing
-
-
-class _CacheOnDevice:
-    """Read-only view of a PrunableCache whose layers' counts are moved to one device (for the report)."""
-
-    def __init__(self, cache: PrunableCache, device: torch.device) -> None:
-        self._cache = cache
-        self.layers = [_LayerOnDevice(layer, device) for layer in cache.layers]
-
-    def __getattr__(self, name):
-        return getattr(self._cache, name)
-
-
-class _LayerOnDevice:
-    def __init__(self, layer: PrunableLayer, device: torch.device) -> None:
-        self._layer, self._device = layer, device
-
-    def __getattr__(self, name):
-        value = getattr(self._layer, name)
-        if name in ("valid", "visual", "positions", "scores") and isinstance(value, torch.Tensor):
-            return value.to(self._device)
-        return value

@@ -13,6 +13,9 @@ above 1; settings that remove nothing do no scoring and give exactly 1).
 The FastV paper's formula 4nd^2 + 2n^2 d + 2ndm per layer is given for prefill, for comparison with tables.
 KV bytes: `total` is what the cache tensors hold (padding and filler included), `visual` the entries of
 visual tokens; both per step from 0 (right after prefill), peak and mean over the generation.
+Between compactions (a decay's `evict_every`), evicted entries are masked but still in the tensors: the
+kernel computes over them, the decode FLOPs here count only the entries a token sees (tests/test_accounting.py
+measures the gap: 1.5-3 % of decode FLOPs on tiny models with ST3's evict_every=8).
 """
 
 from __future__ import annotations
@@ -86,10 +89,11 @@ class Report:
     def record_cache(self, cache, new_tokens: torch.Tensor | None = None) -> None:
         """Cache state after a forward; `new_tokens` (B, M) marks the real tokens a decode forward added."""
         layers = cache.layers
+        home = layers[0].valid.device  # layers may sit on different devices (accelerate device_map)
         self._steps.append(
             (
-                torch.stack([l.visual.sum(1) for l in layers]),
-                torch.stack([l.valid.sum(1) for l in layers]),
+                torch.stack([l.visual.sum(1).to(home) for l in layers]),
+                torch.stack([l.valid.sum(1).to(home) for l in layers]),
                 torch.tensor([l.keys.shape[2] for l in layers]),
                 None if new_tokens is None else new_tokens.sum(1),
                 0 if new_tokens is None else new_tokens.shape[1],
