@@ -58,3 +58,28 @@ def test_scoring_comparison_writes_its_speedup(tmp_path):
 def test_bad_bench_arguments_exit_2(tmp_path, capsys, argv, expected):
     assert cli.main(["bench", *argv, "--out", str(tmp_path)]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_gpu_targets_are_judged_from_the_rows():
+    import torch
+
+    from tokenprune.bench import targets
+
+    def row(strategy, **values):
+        base = dict(ttft_ratio=1.0, prefill_flops_ratio=1.0, decode_ratio=1.0, end_to_end_ratio=1.0,
+                    visual_kv_mean_ratio=1.0, kv_budget_batch_ratio=1.0)
+        return {"strategy": strategy, **base, **values}
+
+    rows = {"baseline": row(None), "hooks only (fastv ratio=0)": row({"name": "fastv"}, ttft_ratio=1.005),
+            "st3": row({"name": "st3"}, ttft_ratio=0.45, prefill_flops_ratio=0.46, decode_ratio=1.02,
+                       visual_kv_mean_ratio=0.24, end_to_end_ratio=0.7, kv_budget_batch_ratio=1.6)}
+    gpu = torch.device("cuda")
+    single = {t["target"]: t["met"] for t in targets(rows, gpu, "llava15-7b", 1)}
+    assert single["hooks that remove nothing cost <= 1% of prefill time"]
+    assert single["st3 defaults: TTFT >= 2x faster than baseline"]
+    assert single["st3 defaults: visual KV <= 30% of baseline over the generation"]
+    assert not single["st3 defaults: decode ms/token no slower than baseline at batch 1"]
+    batched = {t["target"]: t["met"] for t in targets(rows, gpu, "llava15-7b", 16)}
+    assert batched["st3 defaults: >= 1.3x tokens/s at batch 16"]
+    assert not batched["st3 defaults: largest batch within a fixed KV memory budget >= 2.5x baseline's"]
+    assert len(targets(rows, torch.device("cpu"), "cpu-medium", 1)) == 2  # hooks + the one strategy
