@@ -5,10 +5,22 @@ filler) and whether it is a prunable visual token, plus an accumulated attention
 The metadata follows every batch operation transformers applies to a cache (beam reorder, select,
 repeat), so beam search and friends stay correct after entries were removed.
 
+Decoding is the hot path (one forward per token, every layer), so the bookkeeping is split to keep the
+per-layer work per step small:
+- *head / tail*: a layer's own metadata (`head_*`) covers its entries up to its last compaction: the
+  prompt's kept tokens and the generated tokens compacted with them. Every token processed after the
+  prompt has the same metadata in every layer, so it is stored once, in the cache's shared `tail`; a
+  layer's entries continue with the tail from column `tail_from`. Tokens after the prompt are never
+  visual, so `head_visual` and `scores` cover the head only.
+- *host counts*: visual and real entries per layer and sample are kept on the host as (layers, batch)
+  tensors, updated arithmetically (evictions, new tokens), so deciding what to evict, building reports and
+  sizing compactions need no device sync and no per-layer reductions.
+The full-length `positions` / `valid` / `visual` of a layer's held entries are derived on request.
+
 Devices: a model dispatched by accelerate (`device_map="auto"`) computes each layer on its own device, so
 each layer's metadata lives where that layer's keys live. The engine may hand in metadata from another
 device (the hidden states reach a layer's pre-hook before accelerate moves them); the layer moves it to
-its keys' device on the first `update`, and later appends follow the metadata already held.
+its keys' device on the first `update`, and the shared tail is copied to a layer's device when read there.
 """
 
 from __future__ import annotations
@@ -18,79 +30,197 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .errors import UnsupportedInputError
 
-_META = ("positions", "valid", "visual", "scores")
+_HEAD = ("head_positions", "head_valid", "head_visual", "scores")
+_COUNTS = ("initial_visual", "final_visual", "visual_count", "entry_count")
+
+
+def compact(keep: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    """Index (B, L') that right-aligns the kept entries of every row, in order; L' = `length`, the most any
+    row keeps (computed from `keep` when not given, which costs a device sync).
+
+    Rows keeping fewer entries are left-filled with not-kept ones, which callers mark invalid.
+    """
+    columns = keep.shape[1]
+    if length is None:
+        length = int(keep.sum(1).max())
+    order = torch.argsort(keep.long() * columns + torch.arange(columns, device=keep.device), dim=1)
+    return order[:, columns - length:]
+
+
+class _Tail:
+    """Metadata of the tokens processed after the prompt (the same in every layer): (B, T) positions and
+    validity, with copies per device for layers on other devices (accelerate)."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.positions: torch.Tensor | None = None
+        self.valid: torch.Tensor | None = None
+        self._copies: dict = {}
+
+    @property
+    def length(self) -> int:
+        return 0 if self.valid is None else self.valid.shape[1]
+
+    def append(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        if self.valid is None:
+            self.positions, self.valid = positions, valid
+        else:
+            self.positions = torch.cat([self.positions, positions.to(self.positions.device)], 1)
+            self.valid = torch.cat([self.valid, valid.to(self.valid.device)], 1)
+        self._copies.clear()
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions, valid) on `device`."""
+        if self.valid.device == device:
+            return self.positions, self.valid
+        if device not in self._copies:
+            self._copies[device] = (self.positions.to(device), self.valid.to(device))
+        return self._copies[device]
+
+    def index_batch(self, fn) -> None:
+        if self.valid is not None:
+            self.positions, self.valid = fn(self.positions), fn(self.valid)
+        self._copies.clear()
 
 
 class PrunableLayer(DynamicLayer):
-    def __init__(self) -> None:
+    def __init__(self, tail: _Tail) -> None:
         super().__init__()
-        self.positions = self.valid = self.visual = self.scores = None
-        # Host-side (B,) counts, so deciding whether to evict needs no device sync:
-        self.initial_visual = None  # visual entries right after prefill: n_l(0) of the decay
-        self.visual_count = None  # visual entries held now
+        self.tail = tail
+        self.head_positions = self.head_valid = self.head_visual = None
+        self.scores = None  # (B, head) accumulated attention of visual entries; +inf for every other entry
+        self.tail_from = 0  # tail column of this layer's first entry after its head
         self.pruned = False  # True once this layer's entries differ from the full sequence
-        self.all_valid = False  # host flag: no padding / filler entry (then a decode step needs no mask)
-        self.stale = False  # entries were masked out but are still in the tensors
+        self.all_valid = False  # host flag: no padding / filler / evicted entry (then a decode step needs no mask)
+        self.stale = False  # entries were evicted (masked) but are still in the tensors
 
+    # ------------------------------------------------------------------------------------ metadata
     @property
     def meta_device(self) -> torch.device | None:
         """Where this layer's metadata lives: its keys' device once it holds entries."""
         if self.is_initialized:
             return self.keys.device
-        return None if self.valid is None else self.valid.device
+        return None if self.head_valid is None else self.head_valid.device
+
+    @property
+    def head_length(self) -> int:
+        return 0 if self.head_valid is None else self.head_valid.shape[1]
+
+    @property
+    def held_tail(self) -> int:
+        """Tail columns whose keys this layer holds (the tokens of a running forward join at its update)."""
+        held = self.keys.shape[2] if self.is_initialized else self.head_length
+        return held - self.head_length
+
+    def _with_tail(self, head: torch.Tensor, tail_part: torch.Tensor | None, columns: int) -> torch.Tensor:
+        if columns <= 0:
+            return head
+        return torch.cat([head, tail_part[:, self.tail_from:self.tail_from + columns]], 1)
+
+    def _tail_meta(self, index: int):
+        return self.tail.on(self.head_valid.device)[index] if self.tail.valid is not None else None
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """(B, held) RoPE position of every held entry."""
+        return self._with_tail(self.head_positions, self._tail_meta(0), self.held_tail)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(B, held) real entries (not padding, filler or evicted) among the held ones."""
+        return self._with_tail(self.head_valid, self._tail_meta(1), self.held_tail)
+
+    @property
+    def visual(self) -> torch.Tensor:
+        """(B, held) prunable visual entries still attended."""
+        extra = self.held_tail
+        if extra <= 0:
+            return self.head_visual
+        return torch.cat([self.head_visual, self.head_visual.new_zeros(self.head_visual.shape[0], extra)], 1)
+
+    def entries_valid(self) -> torch.Tensor:
+        """(B, head + tail) validity of the held entries and of the tokens the running forward adds."""
+        return self._with_tail(self.head_valid, self._tail_meta(1), self.tail.length - self.tail_from)
 
     def append_meta(self, positions, valid, visual) -> None:
+        """The prompt's entries (prefill), appended to the head before the layer caches their keys."""
         device = self.meta_device or valid.device
         positions, valid, visual = positions.to(device), valid.to(device), visual.to(device)
-        scores = torch.zeros(valid.shape, dtype=torch.float32, device=device)
-        if self.positions is None:
-            self.positions, self.valid, self.visual, self.scores = positions, valid, visual, scores
+        if self.head_valid is None:
+            self.head_positions, self.head_valid, self.head_visual = positions, valid, visual
         else:
-            self.positions = torch.cat([self.positions, positions], 1)
-            self.valid = torch.cat([self.valid, valid], 1)
-            self.visual = torch.cat([self.visual, visual], 1)
-            self.scores = torch.cat([self.scores, scores], 1)
+            self.head_positions = torch.cat([self.head_positions, positions], 1)
+            self.head_valid = torch.cat([self.head_valid, valid], 1)
+            self.head_visual = torch.cat([self.head_visual, visual], 1)
 
     def update(self, key_states, value_states, *args, **kwargs):
         out = super().update(key_states, value_states, *args, **kwargs)
-        if self.valid is not None and self.valid.device != self.keys.device:
+        if self.head_valid is not None and self.head_valid.device != self.keys.device:
             # metadata appended before the layer ran (on the previous layer's device) joins its keys
-            for name in _META:
+            for name in _HEAD:
                 value = getattr(self, name)
                 if value is not None:
                     setattr(self, name, value.to(self.keys.device))
         return out
 
-    def mask_out(self, keep: torch.Tensor) -> None:
-        """Evict the entries outside `keep` (B, L) logically: masked from now on, removed at the next compaction."""
-        keep = keep.to(self.valid.device)
-        self.valid = self.valid & keep
-        self.visual = self.visual & keep
+    # ------------------------------------------------------------------------------------ eviction
+    def seed_scores(self, attention: torch.Tensor) -> None:
+        """Start the eviction scores from `attention` (B, head); entries that are not visual never compete."""
+        self.scores = attention.float().masked_fill(~self.head_visual, float("inf"))
+
+    def add_scores(self, attention: torch.Tensor) -> None:
+        """Accumulate `attention` (B, >= head) received by the head's entries."""
+        self.scores = self.scores + attention[:, : self.head_length]
+
+    def evict_lowest(self, count: list[int]) -> None:
+        """Evict the `count[b]` lowest-scored visual entries of each sample, at once: masked from now on,
+        removed from the tensors at the next compaction. Ties: the later entry goes first."""
+        most = max(count)
+        # Descending and stable: non-visual entries (+inf) first, the lowest visual ones last.
+        order = torch.argsort(self.scores, dim=1, descending=True, stable=True)
+        index = order[:, order.shape[1] - most:]
+        if min(count) == most:
+            self.head_valid = self.head_valid.scatter(1, index, False)
+            self.head_visual = self.head_visual.scatter(1, index, False)
+            self.scores = self.scores.scatter(1, index, float("inf"))
+        else:  # rows evicting fewer keep the first `most - count[b]` of their candidates
+            evict = torch.tensor([[j >= most - c for j in range(most)] for c in count], device=index.device)
+            self.head_valid = self.head_valid.scatter(1, index, self.head_valid.gather(1, index) & ~evict)
+            self.head_visual = self.head_visual.scatter(1, index, self.head_visual.gather(1, index) & ~evict)
+            self.scores = self.scores.scatter(1, index, self.scores.gather(1, index).masked_fill(evict, float("inf")))
         self.pruned, self.all_valid, self.stale = True, False, True
 
-    def keep_entries(self, index: torch.Tensor, valid: torch.Tensor) -> None:
-        """Keep the entries `index` (B, L') of every sample; `valid` (B, L') marks left filler."""
-        index, valid = index.to(self.keys.device), valid.to(self.keys.device)
-        kv_index = index[:, None, :, None]
+    def remove_evicted(self, held: torch.Tensor) -> None:
+        """Remove evicted entries from the tensors (one gather): each sample keeps its `held[b]` (host count)
+        real entries, right-aligned, left-filled with filler up to the most any sample holds."""
+        extra = self.held_tail
+        valid, positions, visual = self.valid, self.positions, self.visual
+        length = int(held.max())
+        index = compact(valid, length)
+        # Filler columns gather entries that are not real (evicted or padding): never visual, scored +inf.
+        self.head_valid, self.head_positions, self.head_visual = (t.gather(1, index) for t in (valid, positions, visual))
+        if self.scores is not None:
+            padded = torch.cat([self.scores, self.scores.new_full((self.scores.shape[0], extra), float("inf"))], 1)
+            self.scores = padded.gather(1, index)
+        kv_index = index.to(self.keys.device)[:, None, :, None]
         self.keys = self.keys.gather(2, kv_index.expand(-1, self.keys.shape[1], -1, self.keys.shape[3]))
         self.values = self.values.gather(2, kv_index.expand(-1, self.values.shape[1], -1, self.values.shape[3]))
-        for name in _META:
-            setattr(self, name, getattr(self, name).gather(1, index))
-        self.valid = self.valid & valid
-        self.visual = self.visual & valid
+        self.tail_from += extra
         self.pruned, self.stale = True, False
-        self.all_valid = bool(self.valid.all())
+        self.all_valid = bool((held == length).all())
 
+    # ------------------------------------------------------------------------------------ batch operations
     def _index_batch(self, fn) -> None:
-        for name in (*_META, "initial_visual", "visual_count"):
+        for name in _HEAD:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, fn(value))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
-        host = beam_idx.cpu()
-        self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device) if t.device.type != "cpu" else host))
+        self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
@@ -102,7 +232,8 @@ class PrunableLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.positions = self.valid = self.visual = self.scores = self.initial_visual = self.visual_count = None
+        self.head_positions = self.head_valid = self.head_visual = self.scores = None
+        self.tail_from = 0
         self.pruned = self.all_valid = self.stale = False
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -121,11 +252,16 @@ class PrunableCache(DynamicCache):
 
     def _make_prunable(self, num_layers: int, owner: object) -> None:
         self.layer_class_to_replicate = None
-        self.layers = [PrunableLayer() for _ in range(num_layers)]
+        self.tail = _Tail()
+        self.layers = [PrunableLayer(self.tail) for _ in range(num_layers)]
         self.owner = owner  # the pruning session that filled it; only that session may continue it
         self.report = None  # that session's report of the prefill, which decode steps extend
         self.processed = 0  # tokens seen so far (prompt + generated), independent of evictions
         self.step = 0  # decode steps done
+        # Host (layers, B) counts, set after the prefill: visual entries right after it (n_l(0) of the decay),
+        # visual entries held now, real entries held now (including the running forward's once it started).
+        self.initial_visual = self.visual_count = self.entry_count = None
+        self.final_visual = None  # visual entries each layer keeps at the decay's horizon (set by the engine)
 
     @classmethod
     def adopt(cls, cache: Cache | None, num_layers: int, owner: object) -> "PrunableCache":
@@ -160,3 +296,49 @@ class PrunableCache(DynamicCache):
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
         # The model's shared mask describes the full logical sequence; pruned layers get their own.
         return self.processed + query_length, 0
+
+    # ------------------------------------------------------------------------------------ host counts
+    def start_counts(self, home: torch.device) -> None:
+        """Read the per-layer counts off the tensors once, right after the prefill (one host sync)."""
+        counts = torch.stack(
+            [torch.stack([layer.head_visual.sum(1), layer.head_valid.sum(1)]).to(home) for layer in self.layers]
+        ).cpu()
+        self.initial_visual, self.entry_count = counts[:, 0], counts[:, 1].clone()
+        self.visual_count = self.initial_visual.clone()
+        for layer, entries in zip(self.layers, self.entry_count):
+            layer.all_valid = bool((entries == layer.head_length).all())
+
+    def add_tokens(self, positions: torch.Tensor, valid: torch.Tensor, real: torch.Tensor) -> None:
+        """Tokens of a forward continuing the cache: their metadata joins the tail; `real` (host, (B,)) counts them."""
+        self.tail.append(positions, valid)
+        self.entry_count += real
+
+    # ------------------------------------------------------------------------------------ batch operations
+    def _index_counts(self, fn) -> None:
+        for name in _COUNTS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self.tail.index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+        host = beam_idx.cpu()
+        self._index_counts(lambda t: t.index_select(1, host))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self.tail.index_batch(lambda t: t[indices.to(t.device)])
+        host = indices.cpu() if isinstance(indices, torch.Tensor) else indices
+        self._index_counts(lambda t: t[:, host])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self.tail.index_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+        self._index_counts(lambda t: t.repeat_interleave(repeats, dim=1))
+
+    def reset(self) -> None:
+        super().reset()
+        self.tail.clear()
+        self.initial_visual = self.visual_count = self.entry_count = self.final_visual = None
+        self.processed = self.step = 0

@@ -13,11 +13,17 @@ Data flow of one `generate()` call:
    masked-out filler so tensors stay rectangular and the last token stays last.
 3. *Final norm* (pre-hook): removed tokens are put back with the hidden state they had when removed,
    so outputs keep the prompt's length.
-4. *Decode, per layer*: the decay says how many visual KV entries survive at step t; the lowest-scored
-   (attention received, accumulated over steps) are evicted at once by masking, and physically removed
-   from the cache tensors every `evict_every` steps; layers whose entries differ from the full sequence
-   get their own attention mask built from the cache's per-entry metadata.
-5. *Report*: counts per layer / step are recorded as tensors and turned into FLOPs and KV bytes.
+4. *Decode*: at the entry, the decay's counts for every layer are planned on the host (`_plan_decay`);
+   per layer (pre-hook), the lowest-scored visual entries (attention received, accumulated over steps)
+   are evicted at once by masking and physically removed from the cache tensors every `evict_every`
+   steps; layers whose entries differ from the full sequence get their own attention mask built from the
+   cache's per-entry metadata. After the forward, the attention of this step's query is added to the
+   eviction scores of every layer that evicts later (`_decode_scores`, all layers in one pass).
+5. *Report*: counts per layer / step are recorded without per-layer syncs and turned into FLOPs and KV
+   bytes when read.
+
+Per-layer hooks are held only while a phase needs them (`_use_hooks`): every hook costs time at every call
+of its module, and decoding calls every module once per token.
 
 Devices (a model dispatched by accelerate, `device_map="auto"`): every tensor the engine makes follows the
 tensor it is used with, never `model.device`. A layer's pre-hook runs before accelerate's own hook moves
@@ -36,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig
 
-from .cache import PrunableCache, PrunableLayer
+from .cache import PrunableCache, PrunableLayer, compact
 from .errors import AlreadyPrunedError, UnsupportedInputError, UnsupportedModelError
 from .interfaces import AttentionView, ModelAdapter, Strategy, VisualTokens
 from .report import Report
@@ -94,27 +100,19 @@ class _Decode:
     """One forward continuing a pruned cache: a generated token, or a new turn of several tokens."""
 
     cache: PrunableCache
-    positions: torch.Tensor  # (B, M) of the M new tokens
-    new_valid: torch.Tensor  # (B, M) real new tokens (a padded new turn has padding among them)
-    new_all_valid: bool  # host copy of new_valid.all()
+    new_columns: int  # M new tokens in this forward
+    new_all_valid: bool  # every new token is real (a padded new turn has padding among them)
     backend: str
-    score_layers: set[int]
-    stash: dict = field(default_factory=dict)
+    score_layers: set[int]  # layers whose attention is accumulated for eviction at this step
+    evictions: dict  # layer -> [visual entries it evicts now, per sample]
+    new_real: torch.Tensor  # host (B,) real new tokens
+    queries: dict = field(default_factory=dict)  # layer -> (B, H*Dh) q_proj output of the last new token
+    valid: dict = field(default_factory=dict)  # layer -> (B, entries) validity, when the layer needed it
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) of the new tokens
 
     @property
     def report(self) -> Report:
         return self.cache.report
-
-
-def compact(keep: torch.Tensor) -> torch.Tensor:
-    """Index (B, L') that right-aligns the kept entries of every row, in order, L' = max kept count.
-
-    Rows keeping fewer entries are left-filled with not-kept ones, which callers mark invalid.
-    """
-    length = keep.shape[1]
-    new_length = int(keep.sum(1).max())
-    order = torch.argsort(keep.long() * length + torch.arange(length, device=keep.device), dim=1)
-    return order[:, length - new_length:]
 
 
 def rank_keep(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -133,12 +131,14 @@ def layer_mask(allowed: torch.Tensor, backend: str, dtype: torch.dtype) -> torch
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def decode_mask(valid: torch.Tensor, new: int, backend: str, dtype: torch.dtype) -> torch.Tensor:
+def decode_mask(valid: torch.Tensor, new: int, new_all_valid: bool, backend: str, dtype: torch.dtype) -> torch.Tensor:
     """Mask of the last `new` entries of a layer (the tokens of this forward) over all its entries `valid`.
 
     Each new token sees every real earlier entry and the new ones up to itself; a padding query sees only
     itself so no row is empty.
     """
+    if new == 1 and new_all_valid:  # the common decode step: one real query sees exactly the real entries
+        return layer_mask(valid[:, None, :], backend, dtype)
     length = valid.shape[1]
     key = torch.arange(length, device=valid.device)[None, None, :]
     query = torch.arange(length - new, length, device=valid.device)[None, :, None]
@@ -190,8 +190,14 @@ class PruningSession:
         self.num_layers = len(self.parts.layers)
         strategy.check(self.num_layers)
         self.cut_layers = strategy.schedule.cut_layers(self.num_layers)
+        # One attention scaling for every layer (as in every LLaMA-family model) is folded into the rotated
+        # decode queries at once; otherwise each layer's logits are scaled on their own.
+        scalings = {float(self.parts.attention(layer).scaling) for layer in self.parts.layers}
+        self._scaling = scalings.pop() if len(scalings) == 1 else None
         self.reports: list[Report] = []
-        self._handles: list = []
+        self._handles: list = []  # hooks held for the whole context
+        self._layer_handles: dict = {}  # (kind, layer) -> hook of the current phase (see _use_hooks)
+        self._hooks_key = None
         self._forward: _Prefill | _Decode | None = None
         self._logits_for: tuple[Report, str] | None = None  # (report, phase) of the forward that just ran
         signature = inspect.signature(self.parts.entry.forward).parameters.values()
@@ -267,14 +273,34 @@ class PruningSession:
         add = self._handles.append
         add(self.parts.entry.register_forward_pre_hook(self._on_entry, with_kwargs=True))
         add(self.parts.entry.register_forward_hook(self._after_entry, with_kwargs=True))
-        for i, layer in enumerate(self.parts.layers):
-            attention = self.parts.attention(layer)
-            add(layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
-            add(attention.q_proj.register_forward_hook(self._stash_hook(i, "q")))
-            add(attention.k_proj.register_forward_hook(self._stash_hook(i, "k")))
-            add(attention.register_forward_hook(self._attention_hook(i), with_kwargs=True))
         add(self.parts.norm.register_forward_pre_hook(self._on_norm))
         add(self.parts.lm_head.register_forward_hook(self._on_logits))
+
+    def _use_hooks(self, key, layers=(), queries=(), keys=(), attention=()) -> None:
+        """Hold exactly the per-layer hooks a phase needs: a hook costs time at every call of its module,
+        and a decode step calls every layer's modules, so modules a phase does not use carry none.
+
+        `layers`: decoder layers whose inputs are rewritten; `queries` / `keys`: layers whose q_proj / k_proj
+        output is kept for scoring; `attention`: layers scored after their attention (prefill). `key`
+        names the set, so a step that needs the same hooks as the previous one changes nothing.
+        """
+        if key == self._hooks_key:
+            return
+        wanted = {("layer", i) for i in layers} | {("q", i) for i in queries} | {("k", i) for i in keys}
+        wanted |= {("attention", i) for i in attention}
+        for name in [n for n in self._layer_handles if n not in wanted]:
+            self._layer_handles.pop(name).remove()
+        for kind, i in sorted(wanted - self._layer_handles.keys()):
+            layer = self.parts.layers[i]
+            attn = self.parts.attention(layer)
+            if kind == "layer":
+                handle = layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True)
+            elif kind == "attention":
+                handle = attn.register_forward_hook(self._attention_hook(i), with_kwargs=True)
+            else:
+                handle = (attn.q_proj if kind == "q" else attn.k_proj).register_forward_hook(self._stash_hook(i, kind))
+            self._layer_handles[(kind, i)] = handle
+        self._hooks_key = key
 
     @property
     def active(self) -> bool:
@@ -282,9 +308,11 @@ class PruningSession:
         return bool(self._handles)
 
     def _remove(self) -> None:
-        for handle in self._handles:
+        for handle in [*self._handles, *self._layer_handles.values()]:
             handle.remove()
         self._handles.clear()
+        self._layer_handles.clear()
+        self._hooks_key = None
 
     # ------------------------------------------------------------------------------------------ entry
     def _on_entry(self, module, args, kwargs):
@@ -369,6 +397,10 @@ class PruningSession:
         score_layers = {c - 1 for c in self.cut_layers if c >= 1} if self.strategy.score is not None else set()
         if decay.active and cache is not None:
             score_layers = set(range(self.num_layers))
+        every = range(self.num_layers)
+        scored = frozenset(score_layers)
+        self._use_hooks(("prefill", scored, cache is None), layers=every, queries=scored,
+                        keys=scored if cache is None else (), attention=scored)
         self._forward = _Prefill(
             layout=_Layout(source=index, valid=valid, visual=visual, positions=positions),
             cache=cache,
@@ -402,7 +434,7 @@ class PruningSession:
                 f"strategy '{self.strategy.name}' decays the visual KV cache over a horizon; when decoding "
                 "outside generate(), pass horizon=<decode steps> to tokenprune.prune()"
             )
-        held = cache.layers[0].valid.shape[0]
+        held = cache.layers[0].head_valid.shape[0]
         if held != bsz:
             raise UnsupportedInputError(
                 f"the pruned cache holds {held} sequences but the input continuing it has {bsz} (a beam search or "
@@ -412,6 +444,7 @@ class PruningSession:
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is None:
             new_valid = torch.ones(bsz, new, dtype=torch.bool, device=tokens.device)
+            new_real = torch.full((bsz,), new)
         elif attention_mask.dim() != 2 or attention_mask.shape[1] != cache.processed + new:
             raise UnsupportedInputError(
                 f"attention_mask of shape {tuple(attention_mask.shape)} continuing a pruned cache of "
@@ -420,20 +453,46 @@ class PruningSession:
             )
         else:
             new_valid = attention_mask[:, -new:].to(tokens.device).bool()
+            new_real = new_valid.sum(1).cpu()  # the step's one host sync
         positions = kwargs.get("position_ids")
         if positions is None:  # what the language model itself would use: the next `new` positions
             positions = cache.processed + torch.arange(new, device=tokens.device)[None]
         cache.step += 1
-        decay_layers = set(range(self.num_layers)) if self.strategy.decay.active else set()
+        cache.add_tokens(positions.to(tokens.device).expand(bsz, -1), new_valid, new_real)
+        evictions, score_layers = self._plan_decay(cache)
+        if self.strategy.decay.active:  # every layer may evict, every layer is scored until it stops evicting
+            self._use_hooks("decode-decay", layers=range(self.num_layers), queries=range(self.num_layers))
+        else:  # the cache keeps what prefill left: only layers holding other entries than the full sequence
+            rewritten = frozenset(i for i, layer in enumerate(cache.layers) if layer.pruned)
+            self._use_hooks(("decode", rewritten), layers=rewritten)
         self._forward = _Decode(
             cache=cache,
-            positions=positions.to(tokens.device).expand(bsz, -1),
-            new_valid=new_valid,
-            new_all_valid=bool(new_valid.all()),
+            new_columns=new,
+            new_all_valid=bool((new_real == new).all()),
             backend=self._backend(),
-            score_layers=decay_layers,
+            score_layers=score_layers,
+            evictions=evictions,
+            new_real=new_real,
         )
         return None
+
+    def _plan_decay(self, cache: PrunableCache) -> tuple[dict, set[int]]:
+        """Host-side plan of a decode step for every layer at once: how many visual entries each layer
+        evicts per sample now (the host counts move to the state after them), and which layers still need
+        attention scores because a later step evicts there (decays are non-increasing: see CacheDecay)."""
+        decay = self.strategy.decay
+        if not decay.active:
+            return {}, set()
+        horizon = cache.report.horizon
+        if cache.final_visual is None:
+            cache.final_visual = decay.keep(horizon, horizon, cache.initial_visual)
+        target = torch.minimum(decay.keep(cache.step, horizon, cache.initial_visual), cache.visual_count)
+        count = cache.visual_count - target
+        cache.visual_count, cache.entry_count = target, cache.entry_count - count
+        per_layer = count.tolist()
+        evictions = {i: c for i, c in enumerate(per_layer) if any(c)}
+        later = (target > cache.final_visual).any(1).tolist()
+        return evictions, {i for i, x in enumerate(later) if x}
 
     def _after_entry(self, module, args, kwargs, output):
         f = self._forward
@@ -443,15 +502,13 @@ class PruningSession:
             if isinstance(f, _Prefill):
                 f.cache.processed += f.length
                 f.cache.step = 0
-                layers = f.cache.layers
-                counts = torch.stack([layer.visual.sum(1).to(f.home) for layer in layers]).cpu()
-                all_valid = torch.stack([layer.valid.all().to(f.home) for layer in layers]).tolist()
-                for layer, count, full in zip(layers, counts, all_valid):
-                    layer.initial_visual, layer.visual_count, layer.all_valid = count, count.clone(), full
+                f.cache.start_counts(f.home)
                 f.report.record_cache(f.cache)
             else:
-                f.cache.processed += f.new_valid.shape[1]
-                f.report.record_cache(f.cache, new_tokens=f.new_valid)
+                if f.score_layers:
+                    self._decode_scores(f)
+                f.cache.processed += f.new_columns
+                f.report.record_cache(f.cache, new_tokens=f.new_real, new_columns=f.new_columns)
         self._logits_for = (f.report, "prefill" if isinstance(f, _Prefill) else "decode")
         self._forward = None
         return None
@@ -481,7 +538,7 @@ class PruningSession:
             if bool((keep < present).any()):
                 hidden = self._cut(i, f, hidden, present, keep)
             f.report.record_cut(i, f.layout.source.to(f.home), f.layout.visual.to(f.home))
-        f.report.record_prefill_layer(i, f.layout.valid.sum(1).to(f.home), f.layout.visual.sum(1).to(f.home))
+        f.report.record_prefill_layer(i, f.layout.valid, f.layout.visual)
         if f.cache is not None:
             layer: PrunableLayer = f.cache.layers[i]
             layer.append_meta(f.layout.positions, f.layout.valid, f.layout.visual)
@@ -527,27 +584,26 @@ class PruningSession:
         return hidden
 
     def _decode_layer(self, i: int, f: _Decode, args, kwargs):
-        layer: PrunableLayer = f.cache.layers[i]
-        decay = self.strategy.decay
-        if decay.active:
-            target = torch.minimum(decay.keep(f.cache.step, f.report.horizon, layer.initial_visual), layer.visual_count)
-            if bool((target < layer.visual_count).any()):  # host tensors: no device sync
-                layer.visual_count = target
-                kept = rank_keep(layer.scores, layer.visual, target.to(layer.scores.device))
-                layer.mask_out((layer.valid & ~layer.visual) | kept)  # evicted now: never attended again
-            if layer.stale and f.cache.step % decay.evict_every == 0:
-                # Physical removal is batched: one gather of the layer's cache every `evict_every` steps.
-                index = compact(layer.valid)
-                layer.keep_entries(index, layer.valid.gather(1, index))
-        layer.append_meta(f.positions, f.new_valid, torch.zeros_like(f.new_valid))
+        cache = f.cache
+        layer: PrunableLayer = cache.layers[i]
+        if f.rope is None:
+            f.rope = kwargs["position_embeddings"]
+        count = f.evictions.get(i)
+        if count is not None:  # evicted now: never attended again
+            layer.evict_lowest(count)
+        if layer.stale and cache.step % self.strategy.decay.evict_every == 0:
+            # Physical removal is batched: one gather of the layer's cache every `evict_every` steps.
+            layer.remove_evicted(cache.entry_count[i] - f.new_real)
         layer.all_valid = layer.all_valid and f.new_all_valid
         if not layer.pruned:
             return None  # entries equal the full sequence: the model's own mask is right
-        new = f.new_valid.shape[1]
-        if new == 1 and layer.all_valid:
+        if f.new_columns == 1 and layer.all_valid:
+            if kwargs.get("attention_mask") is None:
+                return None
             mask = None  # one query seeing every entry
         else:
-            mask = decode_mask(layer.valid, new, f.backend, self._hidden_dtype(args, kwargs))
+            f.valid[i] = layer.entries_valid()
+            mask = decode_mask(f.valid[i], f.new_columns, f.new_all_valid, f.backend, self._hidden_dtype(args, kwargs))
         return args, {**kwargs, "attention_mask": mask}
 
     @staticmethod
@@ -558,7 +614,12 @@ class PruningSession:
     def _stash_hook(self, i: int, kind: str):
         def hook(module, args, output):
             f = self._forward
-            if f is not None and i in f.score_layers and (kind == "q" or f.cache is None):
+            if f is None or i not in f.score_layers:
+                return
+            if isinstance(f, _Decode):
+                if kind == "q":
+                    f.queries[i] = output[:, -1]  # scored after the forward, with every layer's at once
+            elif kind == "q" or f.cache is None:
                 f.stash[kind] = output
 
         return hook
@@ -566,13 +627,10 @@ class PruningSession:
     def _attention_hook(self, i: int):
         def hook(module, args, kwargs, output):
             f = self._forward
-            if f is None or i not in f.score_layers:
+            if not isinstance(f, _Prefill) or i not in f.score_layers:
                 return None
             cos, sin = kwargs["position_embeddings"]
-            if isinstance(f, _Prefill):
-                self._prefill_scores(i, f, module, cos, sin)
-            else:
-                self._decode_scores(i, f, module, cos, sin)
+            self._prefill_scores(i, f, module, cos, sin)
             f.stash.clear()
             return None
 
@@ -611,15 +669,47 @@ class PruningSession:
                 f.next_scores = self.strategy.score.score(view)
         if f.cache is not None and self.strategy.decay.active:
             # Seed the eviction score with the last prompt token's attention at this layer.
-            f.cache.layers[i].scores = view.last_query_attention()
+            f.cache.layers[i].seed_scores(view.last_query_attention())
         f.report.scoring_flops["prefill"] += view.flops
 
-    def _decode_scores(self, i: int, f: _Decode, module, cos, sin) -> None:
-        layer: PrunableLayer = f.cache.layers[i]
-        no_text = torch.zeros(f.positions.shape, dtype=torch.bool, device=layer.valid.device)
-        view = self._view(i, f, module, layer.keys, cos, sin, layer.valid, layer.visual, no_text)
-        layer.scores = layer.scores + view.last_query_attention()
-        f.report.scoring_flops["decode"] += view.flops
+    def _decode_scores(self, f: _Decode) -> None:
+        """Accumulate the attention each entry received from this step's last query, in every layer that
+        still evicts later (VTA's eviction score).
+
+        Decoding is the hot path, so this runs once after the forward instead of in each layer's hook: the
+        queries of all scored layers are rotated together (they share this step's positions), then each
+        layer costs one matmul against its cached keys, a softmax and a mean over heads. Scores are only
+        read by later steps' evictions, which is why they can wait until the forward is done.
+        """
+        parts, cache = self.parts, f.cache
+        layers = sorted(f.score_layers)
+        heads, kv_heads, head_dim = parts.num_heads, parts.num_kv_heads, parts.head_dim
+        queries = f.queries
+        home = queries[layers[0]].device
+        q = torch.stack([queries[i].to(home) for i in layers], 1)  # (B, layers, H*Dh)
+        bsz = q.shape[0]
+        q = q.view(bsz, len(layers) * heads, 1, head_dim)
+        cos, sin = (t[:, -1:].to(home) for t in f.rope)
+        q, _ = parts.rotary(q, q, cos, sin)
+        if self._scaling is not None:
+            q = q * self._scaling
+        flops = 0
+        for j, i in enumerate(layers):
+            layer: PrunableLayer = cache.layers[i]
+            keys = layer.keys
+            # query heads h = kv * groups + g share key head kv (repeat_kv): fold the groups, don't copy keys
+            qi = q[:, j * heads:(j + 1) * heads].to(keys.device).reshape(bsz, kv_heads, heads // kv_heads, head_dim)
+            logits = torch.matmul(qi, keys.transpose(-1, -2))  # (B, Hkv, groups, entries)
+            if self._scaling is None:
+                logits = logits * parts.attention(parts.layers[i]).scaling
+            if not layer.all_valid:
+                valid = f.valid.get(i)
+                if valid is None:
+                    valid = layer.entries_valid()
+                logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+            layer.add_scores(torch.softmax(logits, dim=-1, dtype=torch.float32).mean(dim=(1, 2)))
+            flops += 2 * bsz * heads * keys.shape[2] * head_dim
+        f.report.scoring_flops["decode"] += flops
 
     # ------------------------------------------------------------------------------------------ outputs
     def _on_norm(self, module, args):

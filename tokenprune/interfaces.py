@@ -140,7 +140,11 @@ class LayerSchedule(ABC):
 
 # --------------------------------------------------------------------------------------------- decay
 class CacheDecay(ABC):
-    """During decoding, the fraction of a layer's post-prefill visual KV entries kept at step t."""
+    """During decoding, the fraction of a layer's post-prefill visual KV entries kept at step t.
+
+    The fraction must not increase with t (an evicted entry is never restored): the engine stops scoring a
+    layer once it holds the count the decay keeps at its horizon.
+    """
 
     #: False for decays that never evict: the engine then skips decode-time scoring entirely.
     active: bool = True
@@ -154,7 +158,8 @@ class CacheDecay(ABC):
         """Fraction in [0, 1] of n_l(0) kept at decode step `step` (step 0 = right after prefill)."""
 
     def keep(self, step: int, horizon: int, initial: torch.Tensor) -> torch.Tensor:
-        """n_l(t) = round(n_l(0) * fraction(t)), per sample."""
+        """n_l(t) = round(n_l(0) * fraction(t)), elementwise: `initial` holds n_l(0) of every layer and
+        sample ((layers, B), integer, on the host); the result has its shape."""
         return torch.round(initial.double() * self.fraction(step, horizon)).long()
 
 

@@ -1,8 +1,9 @@
 """What a pruned run kept, and what that saves: token counts, FLOPs and KV bytes vs the unpruned baseline.
 
-Counts are recorded as tensors while the model runs (no host sync per layer) and turned into lists
-when read. FLOPs count the language model only (the vision tower is not pruned) and only real tokens
-(padding and filler are excluded from baseline and pruned alike). Per decoder layer and sample with n
+Counts are recorded while the model runs without a host sync per layer (prefill layouts by reference,
+cache counts from the cache's host counters) and turned into lists when read. FLOPs count the language
+model only (the vision tower is not pruned) and only real tokens (padding and filler are excluded from
+baseline and pruned alike). Per decoder layer and sample with n
 tokens computed and, when decoding, kv cached entries attended:
   linear = 2 n (D*H*Dh [q] + 2*D*Hkv*Dh [k, v] + H*Dh*D [o] + 3*D*F [SwiGLU])
   attention = 4 H Dh * n(n+1)/2 in prefill (causal QK^T and AV), 4 H Dh * kv per decode token, where kv
@@ -41,8 +42,8 @@ class Report:
     kv_dtype_bytes: int = 0
     logit_rows: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
     scoring_flops: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
-    _prefill_tokens: dict = field(default_factory=dict)  # layer -> (B,) tensor
-    _prefill_visual: dict = field(default_factory=dict)
+    _prefill_tokens: dict = field(default_factory=dict)  # layer -> (B, L') real tokens of its layout
+    _prefill_visual: dict = field(default_factory=dict)  # layer -> (B, L') visual tokens of its layout
     # per step: (visual (Lyr,B), entries (Lyr,B), physical (Lyr,), real new tokens (B,), new columns); step 0
     # is the prefill, with (None, 0) for the new tokens
     _steps: list = field(default_factory=list)
@@ -79,24 +80,25 @@ class Report:
             _image_of=torch.where(visual, image_of, -1),
         )
 
-    def record_prefill_layer(self, layer: int, tokens: torch.Tensor, visual: torch.Tensor) -> None:
-        self._prefill_tokens[layer] = tokens
+    def record_prefill_layer(self, layer: int, valid: torch.Tensor, visual: torch.Tensor) -> None:
+        """The (B, L') layout a prefill layer computed; kept by reference (layers between cuts share it) and
+        counted when read, so recording costs nothing while the model runs."""
+        self._prefill_tokens[layer] = valid
         self._prefill_visual[layer] = visual
 
     def record_cut(self, layer: int, source: torch.Tensor, visual: torch.Tensor) -> None:
         self._cuts[layer] = (source, visual)
 
-    def record_cache(self, cache, new_tokens: torch.Tensor | None = None) -> None:
-        """Cache state after a forward; `new_tokens` (B, M) marks the real tokens a decode forward added."""
-        layers = cache.layers
-        home = layers[0].valid.device  # layers may sit on different devices (accelerate device_map)
+    def record_cache(self, cache, new_tokens: torch.Tensor | None = None, new_columns: int = 0) -> None:
+        """Cache state after a forward, from the cache's host counts; a decode forward added `new_columns`
+        columns holding `new_tokens` (host, (B,)) real tokens."""
         self._steps.append(
             (
-                torch.stack([l.visual.sum(1).to(home) for l in layers]),
-                torch.stack([l.valid.sum(1).to(home) for l in layers]),
-                torch.tensor([l.keys.shape[2] for l in layers]),
-                None if new_tokens is None else new_tokens.sum(1),
-                0 if new_tokens is None else new_tokens.shape[1],
+                cache.visual_count.clone(),
+                cache.entry_count.clone(),
+                torch.tensor([layer.keys.shape[2] for layer in cache.layers]),
+                new_tokens,
+                new_columns,
             )
         )
 
@@ -108,12 +110,12 @@ class Report:
     @property
     def prefill_visual_tokens(self) -> list[list[int]]:
         """[layer][sample] visual tokens present in each prefill layer."""
-        return [self._prefill_visual[i].tolist() for i in sorted(self._prefill_visual)]
+        return [self._prefill_visual[i].sum(1).tolist() for i in sorted(self._prefill_visual)]
 
     @property
     def prefill_tokens(self) -> list[list[int]]:
         """[layer][sample] real tokens computed by each prefill layer."""
-        return [self._prefill_tokens[i].tolist() for i in sorted(self._prefill_tokens)]
+        return [self._prefill_tokens[i].sum(1).tolist() for i in sorted(self._prefill_tokens)]
 
     @property
     def kept_visual(self) -> dict[int, list[list[int]]]:
