@@ -298,15 +298,13 @@ class PrunableCache(DynamicCache):
         return self.processed + query_length, 0
 
     # ------------------------------------------------------------------------------------ host counts
-    def start_counts(self, home: torch.device) -> None:
-        """Read the per-layer counts off the tensors once, right after the prefill (one host sync)."""
-        counts = torch.stack(
-            [torch.stack([layer.head_visual.sum(1), layer.head_valid.sum(1)]).to(home) for layer in self.layers]
-        ).cpu()
-        self.initial_visual, self.entry_count = counts[:, 0], counts[:, 1].clone()
+    def start_counts(self, visual: list, entries: list, columns: list[int]) -> None:
+        """Per-layer counts right after the prefill: each layer's visual and real entries (host, (B,) each)
+        in `columns` columns."""
+        self.initial_visual, self.entry_count = torch.stack(visual), torch.stack(entries)
         self.visual_count = self.initial_visual.clone()
-        for layer, entries in zip(self.layers, self.entry_count):
-            layer.all_valid = bool((entries == layer.head_length).all())
+        for layer, real, width in zip(self.layers, self.entry_count, columns):
+            layer.all_valid = bool((real == width).all())
 
     def add_tokens(self, positions: torch.Tensor, valid: torch.Tensor, real: torch.Tensor) -> None:
         """Tokens of a forward continuing the cache: their metadata joins the tail; `real` (host, (B,)) counts them."""

@@ -80,7 +80,9 @@ class _Prefill:
     layout: _Layout
     cache: PrunableCache | None
     report: Report
-    total_visual: torch.Tensor  # (B,) N_b
+    total_visual: torch.Tensor  # host (B,) N_b
+    present: torch.Tensor  # host (B,) visual tokens the current layout holds
+    real: torch.Tensor  # host (B,) real tokens the current layout holds (the rest of its columns is filler)
     image_end: torch.Tensor  # (B,) prompt index of the last visual token (-1 without image)
     backend: str
     score_layers: set[int]
@@ -92,6 +94,7 @@ class _Prefill:
     mask: torch.Tensor | None = None
     next_scores: torch.Tensor | None = None
     restore: torch.Tensor | None = None  # (B, L, D) hidden state of each removed token
+    layer_counts: list = field(default_factory=list)  # per layer: (present, real, columns) of its layout
     stash: dict = field(default_factory=dict)
 
 
@@ -121,6 +124,14 @@ def rank_keep(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor
     order = torch.argsort(masked, dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     return candidates & (rank < keep[:, None])
+
+
+def _scatter_rows(into: torch.Tensor, index: torch.Tensor, where: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`into` (B, L, D) with row index[b, j] replaced by rows[b, j] wherever where[b, j]; `index` must not
+    repeat within a sample. Out of place, and without reading `where` back to the host."""
+    index = index.to(into.device)[..., None].expand(-1, -1, into.shape[-1])
+    kept = into.gather(1, index)
+    return into.scatter(1, index, torch.where(where.to(into.device)[..., None], rows.to(into.device, into.dtype), kept))
 
 
 def layer_mask(allowed: torch.Tensor, backend: str, dtype: torch.dtype) -> torch.Tensor:
@@ -401,11 +412,14 @@ class PruningSession:
         scored = frozenset(score_layers)
         self._use_hooks(("prefill", scored, cache is None), layers=every, queries=scored,
                         keys=scored if cache is None else (), attention=scored)
+        real, total_visual = torch.stack([valid.sum(1), visual.sum(1)]).cpu()  # the prefill's one host sync
         self._forward = _Prefill(
             layout=_Layout(source=index, valid=valid, visual=visual, positions=positions),
             cache=cache,
             report=report,
-            total_visual=visual.sum(1),
+            total_visual=total_visual,
+            present=total_visual,
+            real=real,
             image_end=image_end,
             backend=self._backend(),
             score_layers=score_layers,
@@ -502,7 +516,7 @@ class PruningSession:
             if isinstance(f, _Prefill):
                 f.cache.processed += f.length
                 f.cache.step = 0
-                f.cache.start_counts(f.home)
+                f.cache.start_counts(*zip(*f.layer_counts))
                 f.report.record_cache(f.cache)
             else:
                 if f.score_layers:
@@ -534,11 +548,12 @@ class PruningSession:
             bsz = hidden.shape[0]
             f.full_rope = (cos.expand(bsz, -1, -1), sin.expand(bsz, -1, -1))
         if i in self.cut_layers:
-            present, keep = self._budget(i, f)
-            if bool((keep < present).any()):
-                hidden = self._cut(i, f, hidden, present, keep)
+            keep = self._budget(i, f)
+            if bool((keep < f.present).any()):  # host counts: deciding needs no device sync
+                hidden = self._cut(i, f, hidden, keep)
             f.report.record_cut(i, f.layout.source.to(f.home), f.layout.visual.to(f.home))
-        f.report.record_prefill_layer(i, f.layout.valid, f.layout.visual)
+        f.layer_counts.append((f.present, f.real, f.layout.valid.shape[1]))
+        f.report.record_prefill_layer(i, f.real, f.present)
         if f.cache is not None:
             layer: PrunableLayer = f.cache.layers[i]
             layer.append_meta(f.layout.positions, f.layout.valid, f.layout.visual)
@@ -550,37 +565,40 @@ class PruningSession:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
 
-    def _budget(self, layer: int, f: _Prefill) -> tuple[torch.Tensor, torch.Tensor]:
-        """(visual tokens present, visual tokens to keep) per sample at cut layer `layer`."""
-        present = f.layout.visual.sum(1)
-        keep = self.strategy.schedule.keep(layer, present, f.total_visual.to(present.device)).clamp(min=0)
-        keep = keep.to(present.device)
-        return present, torch.minimum(keep, present)
+    def _budget(self, layer: int, f: _Prefill) -> torch.Tensor:
+        """Visual tokens each sample keeps at cut layer `layer` (host, (B,))."""
+        keep = self.strategy.schedule.keep(layer, f.present, f.total_visual).clamp(min=0)
+        return torch.minimum(keep, f.present)
 
-    def _cut(self, i: int, f: _Prefill, hidden: torch.Tensor, present: torch.Tensor, keep: torch.Tensor):
+    def _cut(self, i: int, f: _Prefill, hidden: torch.Tensor, keep: torch.Tensor):
         lay = f.layout
-        partial = (keep > 0) & (keep < present)
-        if bool(partial.any()):
+        device = lay.visual.device
+        if bool(((keep > 0) & (keep < f.present)).any()):
             if f.next_scores is None:
                 raise UnsupportedModelError(f"layer {i} must rank visual tokens but no scores were computed at layer {i - 1}")
-            kept_visual = rank_keep(f.next_scores.to(lay.visual.device), lay.visual, keep)
+            kept_visual = rank_keep(f.next_scores.to(device), lay.visual, keep.to(device))
         else:  # every sample keeps all or none: no ranking needed
-            kept_visual = lay.visual & (keep > 0)[:, None]
+            kept_visual = lay.visual & (keep > 0).to(device)[:, None]
         f.next_scores = None
         keep_mask = (lay.valid & ~lay.visual) | kept_visual
         if f.restore is None:
             f.restore = hidden.new_zeros(hidden.shape[0], f.length, hidden.shape[-1])
-        dropped = (lay.valid & ~keep_mask).nonzero(as_tuple=True)
-        into = f.restore.device  # the device of the first cut; later cuts may run on other devices
-        f.restore[dropped[0].to(into), lay.source[dropped].to(into)] = hidden[dropped].to(into)
-        index = compact(keep_mask)
+        # Keep each dropped token's hidden state at its prompt index (sources are unique within a layout, so
+        # one scatter writes them without reading back which tokens were dropped).
+        f.restore = _scatter_rows(f.restore, lay.source, lay.valid & ~keep_mask, hidden)
+        f.real, f.present = f.real - (f.present - keep), keep
+        length = int(f.real.max())
+        index = compact(keep_mask, length)
         f.layout = lay.select(index, keep_mask)
         f.changed = True
         hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
         src = f.layout.source[..., None]
         cos, sin = (t.to(src.device) for t in f.full_rope)
         f.rope = (cos.gather(1, src.expand(-1, -1, cos.shape[-1])), sin.gather(1, src.expand(-1, -1, sin.shape[-1])))
-        f.mask = prefill_mask(f.layout.valid, f.backend, hidden.dtype)
+        if f.backend == "sdpa" and bool((f.real == length).all()):
+            f.mask = None  # no filler: the layout is one causal sequence, and sdpa's causal kernel applies
+        else:
+            f.mask = prefill_mask(f.layout.valid, f.backend, hidden.dtype)
         return hidden
 
     def _decode_layer(self, i: int, f: _Decode, args, kwargs):
@@ -664,8 +682,8 @@ class PruningSession:
         view = self._view(i, f, module, keys, cos, sin, lay.valid, lay.visual, text_after)
         nxt = i + 1
         if nxt in self.cut_layers and self.strategy.score is not None:
-            present, keep = self._budget(nxt, f)  # the cut at i + 1 sees this layer's tokens
-            if bool(((keep > 0) & (keep < present)).any()):
+            keep = self._budget(nxt, f)  # the cut at i + 1 sees this layer's tokens
+            if bool(((keep > 0) & (keep < f.present)).any()):
                 f.next_scores = self.strategy.score.score(view)
         if f.cache is not None and self.strategy.decay.active:
             # Seed the eviction score with the last prompt token's attention at this layer.
@@ -718,9 +736,7 @@ class PruningSession:
             return None
         hidden = args[0]
         lay = f.layout.to(hidden.device)
-        rows, cols = lay.valid.nonzero(as_tuple=True)
-        restored = f.restore.to(hidden.device, hidden.dtype, copy=True)
-        restored[rows, lay.source[rows, cols]] = hidden[rows, cols]
+        restored = _scatter_rows(f.restore.to(hidden.device, hidden.dtype), lay.source, lay.valid, hidden)
         return (restored, *args[1:])
 
     def _on_logits(self, module, args, output):

@@ -1,7 +1,7 @@
 """What a pruned run kept, and what that saves: token counts, FLOPs and KV bytes vs the unpruned baseline.
 
-Counts are recorded while the model runs without a host sync per layer (prefill layouts by reference,
-cache counts from the cache's host counters) and turned into lists when read. FLOPs count the language
+Counts are recorded while the model runs without a host sync per layer (from the engine's and the
+cache's host counters) and turned into lists when read. FLOPs count the language
 model only (the vision tower is not pruned) and only real tokens (padding and filler are excluded from
 baseline and pruned alike). Per decoder layer and sample with n
 tokens computed and, when decoding, kv cached entries attended:
@@ -42,8 +42,8 @@ class Report:
     kv_dtype_bytes: int = 0
     logit_rows: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
     scoring_flops: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
-    _prefill_tokens: dict = field(default_factory=dict)  # layer -> (B, L') real tokens of its layout
-    _prefill_visual: dict = field(default_factory=dict)  # layer -> (B, L') visual tokens of its layout
+    _prefill_tokens: dict = field(default_factory=dict)  # layer -> host (B,) real tokens it computed
+    _prefill_visual: dict = field(default_factory=dict)  # layer -> host (B,) visual tokens among them
     # per step: (visual (Lyr,B), entries (Lyr,B), physical (Lyr,), real new tokens (B,), new columns); step 0
     # is the prefill, with (None, 0) for the new tokens
     _steps: list = field(default_factory=list)
@@ -80,10 +80,9 @@ class Report:
             _image_of=torch.where(visual, image_of, -1),
         )
 
-    def record_prefill_layer(self, layer: int, valid: torch.Tensor, visual: torch.Tensor) -> None:
-        """The (B, L') layout a prefill layer computed; kept by reference (layers between cuts share it) and
-        counted when read, so recording costs nothing while the model runs."""
-        self._prefill_tokens[layer] = valid
+    def record_prefill_layer(self, layer: int, tokens: torch.Tensor, visual: torch.Tensor) -> None:
+        """A prefill layer computed `tokens` real tokens per sample (host, (B,)), `visual` of them visual."""
+        self._prefill_tokens[layer] = tokens
         self._prefill_visual[layer] = visual
 
     def record_cut(self, layer: int, source: torch.Tensor, visual: torch.Tensor) -> None:
@@ -110,12 +109,12 @@ class Report:
     @property
     def prefill_visual_tokens(self) -> list[list[int]]:
         """[layer][sample] visual tokens present in each prefill layer."""
-        return [self._prefill_visual[i].sum(1).tolist() for i in sorted(self._prefill_visual)]
+        return [self._prefill_visual[i].tolist() for i in sorted(self._prefill_visual)]
 
     @property
     def prefill_tokens(self) -> list[list[int]]:
         """[layer][sample] real tokens computed by each prefill layer."""
-        return [self._prefill_tokens[i].sum(1).tolist() for i in sorted(self._prefill_tokens)]
+        return [self._prefill_tokens[i].tolist() for i in sorted(self._prefill_tokens)]
 
     @property
     def kept_visual(self) -> dict[int, list[list[int]]]:
