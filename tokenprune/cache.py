@@ -89,8 +89,9 @@ class PrunableLayer(DynamicLayer):
     def __init__(self, tail: _Tail) -> None:
         super().__init__()
         self.tail = tail
+        # head_visual marks the prompt's prunable visual entries; one is still held while head_valid is set
         self.head_positions = self.head_valid = self.head_visual = None
-        self.scores = None  # (B, head) accumulated attention of visual entries; +inf for every other entry
+        self.scores = None  # (B, head) accumulated attention of held visual entries; +inf for every other entry
         self.tail_from = 0  # tail column of this layer's first entry after its head
         self.pruned = False  # True once this layer's entries differ from the full sequence
         self.all_valid = False  # host flag: no padding / filler / evicted entry (then a decode step needs no mask)
@@ -134,11 +135,12 @@ class PrunableLayer(DynamicLayer):
 
     @property
     def visual(self) -> torch.Tensor:
-        """(B, held) prunable visual entries still attended."""
+        """(B, held) prunable visual entries still attended (an eviction only clears `head_valid`)."""
+        visual = self.head_visual & self.head_valid
         extra = self.held_tail
         if extra <= 0:
-            return self.head_visual
-        return torch.cat([self.head_visual, self.head_visual.new_zeros(self.head_visual.shape[0], extra)], 1)
+            return visual
+        return torch.cat([visual, visual.new_zeros(visual.shape[0], extra)], 1)
 
     def entries_valid(self) -> torch.Tensor:
         """(B, head + tail) validity of the held entries and of the tokens the running forward adds."""
@@ -183,12 +185,10 @@ class PrunableLayer(DynamicLayer):
         index = order[:, order.shape[1] - most:]
         if min(count) == most:
             self.head_valid = self.head_valid.scatter(1, index, False)
-            self.head_visual = self.head_visual.scatter(1, index, False)
             self.scores = self.scores.scatter(1, index, float("inf"))
         else:  # rows evicting fewer keep the first `most - count[b]` of their candidates
             evict = torch.tensor([[j >= most - c for j in range(most)] for c in count], device=index.device)
             self.head_valid = self.head_valid.scatter(1, index, self.head_valid.gather(1, index) & ~evict)
-            self.head_visual = self.head_visual.scatter(1, index, self.head_visual.gather(1, index) & ~evict)
             self.scores = self.scores.scatter(1, index, self.scores.gather(1, index).masked_fill(evict, float("inf")))
         self.pruned, self.all_valid, self.stale = True, False, True
 

@@ -82,6 +82,8 @@ class _Prefill:
     report: Report
     total_visual: torch.Tensor  # host (B,) N_b
     present: torch.Tensor  # host (B,) visual tokens the current layout holds
+    budgets: dict  # cut layer that removes tokens -> host (B,) visual tokens kept from it on
+    ranked: set[int]  # cut layers that keep some but not all: ranked by the previous layer's scores
     real: torch.Tensor  # host (B,) real tokens the current layout holds (the rest of its columns is filler)
     image_end: torch.Tensor  # (B,) prompt index of the last visual token (-1 without image)
     backend: str
@@ -405,14 +407,15 @@ class PruningSession:
         self.reports.append(report)
         if cache is not None:
             cache.report = report  # decode steps report to the prefill that filled this cache
-        score_layers = {c - 1 for c in self.cut_layers if c >= 1} if self.strategy.score is not None else set()
+        real, total_visual = torch.stack([valid.sum(1), visual.sum(1)]).cpu()  # the prefill's one host sync
+        budgets, ranked = self._plan_prefill(total_visual)
+        score_layers = {c - 1 for c in ranked}
         if decay.active and cache is not None:
             score_layers = set(range(self.num_layers))
         every = range(self.num_layers)
         scored = frozenset(score_layers)
         self._use_hooks(("prefill", scored, cache is None), layers=every, queries=scored,
                         keys=scored if cache is None else (), attention=scored)
-        real, total_visual = torch.stack([valid.sum(1), visual.sum(1)]).cpu()  # the prefill's one host sync
         self._forward = _Prefill(
             layout=_Layout(source=index, valid=valid, visual=visual, positions=positions),
             cache=cache,
@@ -420,6 +423,8 @@ class PruningSession:
             total_visual=total_visual,
             present=total_visual,
             real=real,
+            budgets=budgets,
+            ranked=ranked,
             image_end=image_end,
             backend=self._backend(),
             score_layers=score_layers,
@@ -427,6 +432,20 @@ class PruningSession:
             home=device,
         )
         return kwargs
+
+    def _plan_prefill(self, total_visual: torch.Tensor) -> tuple[dict, set[int]]:
+        """Host-side plan of the prefill: the visual tokens each sample keeps at every cut that removes any
+        ({layer: (B,)}), and the cuts among them that keep some but not all (they rank by the previous
+        layer's scores). Counts follow from the schedule alone, so nothing is read back while layers run."""
+        present, budgets, ranked = total_visual, {}, set()
+        for layer in self.cut_layers:
+            keep = torch.minimum(self.strategy.schedule.keep(layer, present, total_visual).clamp(min=0), present)
+            if bool((keep < present).any()):
+                budgets[layer] = keep
+                if bool(((keep > 0) & (keep < present)).any()):
+                    ranked.add(layer)
+            present = keep
+        return budgets, ranked
 
     def _kv_dtype(self) -> torch.dtype:
         return self.parts.attention(self.parts.layers[0]).k_proj.weight.dtype
@@ -548,9 +567,8 @@ class PruningSession:
             bsz = hidden.shape[0]
             f.full_rope = (cos.expand(bsz, -1, -1), sin.expand(bsz, -1, -1))
         if i in self.cut_layers:
-            keep = self._budget(i, f)
-            if bool((keep < f.present).any()):  # host counts: deciding needs no device sync
-                hidden = self._cut(i, f, hidden, keep)
+            if i in f.budgets:
+                hidden = self._cut(i, f, hidden, f.budgets[i])
             f.report.record_cut(i, f.layout.source.to(f.home), f.layout.visual.to(f.home))
         f.layer_counts.append((f.present, f.real, f.layout.valid.shape[1]))
         f.report.record_prefill_layer(i, f.real, f.present)
@@ -565,15 +583,10 @@ class PruningSession:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
 
-    def _budget(self, layer: int, f: _Prefill) -> torch.Tensor:
-        """Visual tokens each sample keeps at cut layer `layer` (host, (B,))."""
-        keep = self.strategy.schedule.keep(layer, f.present, f.total_visual).clamp(min=0)
-        return torch.minimum(keep, f.present)
-
     def _cut(self, i: int, f: _Prefill, hidden: torch.Tensor, keep: torch.Tensor):
         lay = f.layout
         device = lay.visual.device
-        if bool(((keep > 0) & (keep < f.present)).any()):
+        if i in f.ranked:
             if f.next_scores is None:
                 raise UnsupportedModelError(f"layer {i} must rank visual tokens but no scores were computed at layer {i - 1}")
             kept_visual = rank_keep(f.next_scores.to(device), lay.visual, keep.to(device))
@@ -680,11 +693,8 @@ class PruningSession:
         lay = f.layout.to(keys.device)  # the layer ran where its keys are
         text_after = lay.valid & ~lay.visual & (lay.source > f.image_end.to(keys.device)[:, None])
         view = self._view(i, f, module, keys, cos, sin, lay.valid, lay.visual, text_after)
-        nxt = i + 1
-        if nxt in self.cut_layers and self.strategy.score is not None:
-            keep = self._budget(nxt, f)  # the cut at i + 1 sees this layer's tokens
-            if bool(((keep > 0) & (keep < f.present)).any()):
-                f.next_scores = self.strategy.score.score(view)
+        if i + 1 in f.ranked and self.strategy.score is not None:  # the cut at i + 1 ranks this layer's tokens
+            f.next_scores = self.strategy.score.score(view)
         if f.cache is not None and self.strategy.decay.active:
             # Seed the eviction score with the last prompt token's attention at this layer.
             f.cache.layers[i].seed_scores(view.last_query_attention())
@@ -724,7 +734,7 @@ class PruningSession:
                 valid = f.valid.get(i)
                 if valid is None:
                     valid = layer.entries_valid()
-                logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+                logits = torch.where(valid[:, None, None, :], logits, float("-inf"))
             layer.add_scores(torch.softmax(logits, dim=-1, dtype=torch.float32).mean(dim=(1, 2)))
             flops += 2 * bsz * heads * keys.shape[2] * head_dim
         f.report.scoring_flops["decode"] += flops
