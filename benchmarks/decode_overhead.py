@@ -36,30 +36,49 @@ from tokenprune import timing
 from tokenprune.bench import SIZES, build, machine, methods_for
 
 
+aten = torch.ops.aten
+READS = {aten._local_scalar_dense.default, aten.nonzero.default}  # a value back on the host: the host waits
+
+
 class OpCounter(TorchDispatchMode):
-    """Counts ATen operations that produce a new tensor (not views, not `.to` that returns its input)."""
+    """Counts ATen operations that produce a new tensor (not views, not `.to` that returns its input), and
+    host reads of accelerator tensors (`.item()`, `bool()`, `.tolist()`, nonzero, copies to the CPU), each of
+    which makes the host wait for the device. On the CPU there is no device to wait for: reads count 0."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.reads = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if not func.is_view and not any(out is a for a in args):
             self.count += 1
+        source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if source is not None and source.device.type not in ("cpu", "meta"):
+            to_host = func is aten._to_copy.default and str(kwargs.get("device", "")) == "cpu"
+            if func in READS or to_host:
+                self.reads += 1
         return out
 
 
-def count_ops(model, data, factory, new_tokens: int) -> tuple[int, float]:
-    """(operations of a prefill, operations per decode step) under the method `factory`."""
+def count_ops(model, data, factory, new_tokens: int) -> dict:
+    """Operations and host reads of a prefill, and per decode step, under the method `factory`."""
 
-    def ops(n: int) -> int:
+    def ops(n: int) -> OpCounter:
         with torch.inference_mode(), factory(), OpCounter() as counter:
             model.generate(**data, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1)
-        return counter.count
+        return counter
 
     prefill = ops(1)  # generate() with one new token runs the prefill forward only
-    return prefill, (ops(new_tokens + 1) - prefill) / new_tokens
+    full = ops(new_tokens + 1)
+    return {
+        "prefill_ops": prefill.count,
+        "decode_ops_per_step": (full.count - prefill.count) / new_tokens,
+        "prefill_host_reads": prefill.reads,
+        "decode_host_reads_per_step": (full.reads - prefill.reads) / new_tokens,
+    }
 
 
 def revision() -> str:
@@ -94,19 +113,24 @@ def main() -> None:
     ops = {label: count_ops(model, data, factory, args.new_tokens) for label, factory in methods}
     timings = timing.measure(methods, generate, args.new_tokens + 1, repeats=args.repeats, warmup=1)
     ratios = timing.ratios(timings)
-    base_prefill, base_decode = ops["baseline"]
+    base = ops["baseline"]
     rows = {}
-    for label, (prefill, decode) in ops.items():
+    for label, counts in ops.items():
+        extra_prefill = counts["prefill_ops"] - base["prefill_ops"]
+        extra_decode = counts["decode_ops_per_step"] - base["decode_ops_per_step"]
         rows[label] = {
-            "prefill_ops": prefill,
-            "decode_ops_per_step": decode,
-            "extra_prefill_ops_per_layer": (prefill - base_prefill) / layers,
-            "extra_decode_ops_per_step_per_layer": (decode - base_decode) / layers,
+            **counts,
+            "extra_prefill_ops": extra_prefill,
+            "extra_decode_ops_per_step": extra_decode,
+            "extra_prefill_host_reads": counts["prefill_host_reads"] - base["prefill_host_reads"],
+            "extra_decode_host_reads_per_step": counts["decode_host_reads_per_step"] - base["decode_host_reads_per_step"],
             **ratios[label],
+            "ttft_ms": timings[label].ttft * 1e3,
             "decode_ms_per_token": timings[label].decode_per_token * 1e3,
         }
-        print(f"{label:28s} decode ops/step {decode:7.1f} ({rows[label]['extra_decode_ops_per_step_per_layer']:+6.2f}"
-              f" per layer)  decode ratio {ratios[label]['decode_ratio']:.3f}  TTFT ratio {ratios[label]['ttft_ratio']:.3f}")
+        print(f"{label:28s} extra ops: prefill {extra_prefill:+5d}, decode step {extra_decode:+7.1f}"
+              f" ({extra_decode / layers:+6.2f} per layer)   decode ratio {ratios[label]['decode_ratio']:.3f}"
+              f"  TTFT ratio {ratios[label]['ttft_ratio']:.3f}")
     result = {
         "size": size.name,
         "layers": layers,

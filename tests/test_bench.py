@@ -35,6 +35,9 @@ def test_bench_writes_ratios_plot_and_targets(tmp_path):
     assert rows["st3"]["visual_kv_mean_ratio"] < rows["st3"]["prefill_flops_ratio"]  # VTA shrinks the cache while decoding
     assert all(r["peak_memory_bytes"] is None for r in rows.values())  # CPU: no allocator statistics, none claimed
     assert len(result["timings"]["baseline"]["ttft_s_all"]) == 1
+    hook_cost = result["hook_cost"]
+    assert hook_cost["pairs"] == 3 and len(hook_cost["ratios"]) == 3  # 2 * repeats + 1 paired prefills
+    assert hook_cost["ratio_quartiles"][0] <= hook_cost["ratio_median"] <= hook_cost["ratio_quartiles"][1]
     assert result["targets"][0]["target"].startswith("hooks that remove nothing cost <= 2%")
     assert len(result["targets"]) == len(rows) - 1  # the hooks target + one per strategy (not baseline, not no-op)
     assert result["command"].startswith("tokenprune bench --size tiny")
@@ -70,16 +73,18 @@ def test_gpu_targets_are_judged_from_the_rows():
                     visual_kv_mean_ratio=1.0, kv_budget_batch_ratio=1.0)
         return {"strategy": strategy, **base, **values}
 
-    rows = {"baseline": row(None), "hooks only (fastv ratio=0)": row({"name": "fastv"}, ttft_ratio=1.005),
+    rows = {"baseline": row(None), "hooks only (fastv ratio=0)": row({"name": "fastv"}, ttft_ratio=1.05),
             "st3": row({"name": "st3"}, ttft_ratio=0.45, prefill_flops_ratio=0.46, decode_ratio=1.02,
                        visual_kv_mean_ratio=0.24, end_to_end_ratio=0.7, kv_budget_batch_ratio=1.6)}
+    hooks = {"pairs": 5, "ratio_median": 1.005}  # judged from the paired prefills, not from the TTFT row
     gpu = torch.device("cuda")
-    single = {t["target"]: t["met"] for t in targets(rows, gpu, "llava15-7b", 1)}
-    assert single["hooks that remove nothing cost <= 1% of prefill time"]
+    single = {t["target"]: t["met"] for t in targets(rows, hooks, gpu, "llava15-7b", 1)}
+    assert single["hooks that remove nothing cost <= 1% of prefill time (median of 5 paired prefills)"]
+    assert not targets(rows, {"pairs": 5, "ratio_median": 1.015}, gpu, "llava15-7b", 1)[0]["met"]
     assert single["st3 defaults: TTFT >= 2x faster than baseline"]
     assert single["st3 defaults: visual KV <= 30% of baseline over the generation"]
     assert not single["st3 defaults: decode ms/token no slower than baseline at batch 1"]
-    batched = {t["target"]: t["met"] for t in targets(rows, gpu, "llava15-7b", 16)}
+    batched = {t["target"]: t["met"] for t in targets(rows, hooks, gpu, "llava15-7b", 16)}
     assert batched["st3 defaults: >= 1.3x tokens/s at batch 16"]
     assert not batched["st3 defaults: largest batch within a fixed KV memory budget >= 2.5x baseline's"]
-    assert len(targets(rows, torch.device("cpu"), "cpu-medium", 1)) == 2  # hooks + the one strategy
+    assert len(targets(rows, hooks, torch.device("cpu"), "cpu-medium", 1)) == 2  # hooks + the one strategy
