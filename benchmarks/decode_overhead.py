@@ -11,12 +11,13 @@ script measures both sides:
   host-side cost on a GPU;
 - *time*: TTFT and decode ms/token as ratios to the unpruned baseline, side by side in one process
   (`tokenprune.timing`: warm-up, interleaved repeats, medians), on a model small enough that, like a GPU
-  decode step, a step is dominated by issuing operations (the `tiny` size: 4 layers, hidden 64).
+  decode step, a step is dominated by issuing operations (`tiny`: 4 layers, hidden 64; `narrow-7b`: the
+  7B depth and token layout at hidden 128).
 
 It uses only tokenprune's public API, `tokenprune.timing` and the bench's model shapes, so it also runs
 against an older checkout for a before/after comparison.
 
-    python benchmarks/decode_overhead.py [--size tiny] [--new-tokens 64] [--repeats 9] [--device cpu]
+    python benchmarks/decode_overhead.py [--size tiny|narrow-7b|...] [--new-tokens 64] [--repeats 9] [--device cpu]
         -> benchmarks/results/decode_overhead-<size>.json
 """
 
@@ -33,7 +34,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import tokenprune as tp
 from tokenprune import timing
-from tokenprune.bench import SIZES, build, machine, methods_for
+from tokenprune.bench import SIZES, Size, build, machine, methods_for
+from tokenprune.tiny import TinySpec
+
+# The LLaVA-1.5-7B depth and token layout (32 layers, 576 visual + 63 text tokens) at a width where a CPU
+# step is host-bound the way a GPU batch-1 decode step is: operation counts equal the 7B shape's.
+NARROW_7B = Size("narrow-7b", TinySpec(layers=32, hidden=128, heads=4, kv_heads=4, intermediate=256, vocab=512, grid=24))
+SHAPES = {**SIZES, NARROW_7B.name: NARROW_7B}
 
 
 aten = torch.ops.aten
@@ -91,7 +98,7 @@ def revision() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    parser.add_argument("--size", default="tiny", choices=sorted(SHAPES))
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cpu")
@@ -99,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    size = SIZES[args.size]
+    size = SHAPES[args.size]
     model, data = build(size, 1, device, dtype)
     layers = size.spec.layers
     methods = [timing.baseline_method()] + [
