@@ -407,7 +407,8 @@ class PruningSession:
         self.reports.append(report)
         if cache is not None:
             cache.report = report  # decode steps report to the prefill that filled this cache
-        real, total_visual = torch.stack([valid.sum(1), visual.sum(1)]).cpu()  # the prefill's one host sync
+        # Read once, before the layers run; from here on the prefill decides from host counts only.
+        real, total_visual = torch.stack([valid.sum(1), visual.sum(1)]).cpu()
         budgets, ranked = self._plan_prefill(total_visual)
         score_layers = {c - 1 for c in ranked}
         if decay.active and cache is not None:
@@ -486,7 +487,7 @@ class PruningSession:
             )
         else:
             new_valid = attention_mask[:, -new:].to(tokens.device).bool()
-            new_real = new_valid.sum(1).cpu()  # the step's one host sync
+            new_real = new_valid.sum(1).cpu()  # the engine's one host read of a decode step
         positions = kwargs.get("position_ids")
         if positions is None:  # what the language model itself would use: the next `new` positions
             positions = cache.processed + torch.arange(new, device=tokens.device)[None]
