@@ -1,10 +1,9 @@
 """What a pruned run kept, and what that saves: token counts, FLOPs and KV bytes vs the unpruned baseline.
 
 Counts are recorded while the model runs without a host sync per layer (from the engine's and the
-cache's host counters) and turned into lists when read. FLOPs count the language
-model only (the vision tower is not pruned) and only real tokens (padding and filler are excluded from
-baseline and pruned alike). Per decoder layer and sample with n
-tokens computed and, when decoding, kv cached entries attended:
+cache's host counters) and turned into lists when read. FLOPs count the language model only (the vision
+tower is not pruned) and only real tokens (padding and filler are excluded from baseline and pruned
+alike). Per decoder layer and sample with n tokens computed and, when decoding, kv cached entries attended:
   linear = 2 n (D*H*Dh [q] + 2*D*Hkv*Dh [k, v] + H*Dh*D [o] + 3*D*F [SwiGLU])
   attention = 4 H Dh * n(n+1)/2 in prefill (causal QK^T and AV), 4 H Dh * kv per decode token, where kv
   counts the entries a token sees (a multi-token continuation, e.g. a new chat turn, is causal among itself)
