@@ -1,58 +1,20 @@
 """Adapter for LLaVA-1.5 (`LlavaForConditionalGeneration`) with a LLaMA-family language model.
 
-Also holds what every LLaVA-style adapter shares: finding the parts of a LLaMA-family language model,
-finding image placeholders, and splitting them into images (`image_layout`).
+Also holds what every LLaVA-style adapter shares: finding image placeholders, and splitting them into
+images (`image_layout`). The language model is described by its backbone (`tokenprune.backbones`).
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from tokenprune.backbones import backbone_for
 from tokenprune.errors import UnsupportedInputError, UnsupportedModelError
 from tokenprune.hookspecs import hookimpl
 from tokenprune.interfaces import ModelAdapter, ModelParts, VisualTokens
 
-# Backbones whose decoder layers take (hidden_states, attention_mask, position_ids, past_key_values,
-# use_cache, position_embeddings) and whose attention has q_proj/k_proj + rotate-half RoPE.
-LLAMA_FAMILY = ("LlamaModel", "MistralModel")
 # Vision towers that give every image (or every anyres crop) the same number of features.
 FIXED_GRID_TOWERS = ("clip_vision_model", "siglip_vision_model")
-
-
-def llama_family_parts(language_model: torch.nn.Module, entry: torch.nn.Module, lm_head, model_name: str) -> ModelParts:
-    """ModelParts of a LLaMA-family language model, shared by every LLaVA-style adapter."""
-    backbone = type(language_model).__name__
-    if backbone not in LLAMA_FAMILY:
-        raise UnsupportedModelError(
-            f"{model_name} has a {backbone} language model; tokenprune supports the LLaMA-family "
-            f"backbones {', '.join(LLAMA_FAMILY)}"
-        )
-    cfg = language_model.config
-    layers = list(language_model.layers)
-    if len(layers) != cfg.num_hidden_layers or not layers:
-        raise UnsupportedModelError(
-            f"{model_name}: {len(layers)} decoder layers found but config.num_hidden_layers="
-            f"{cfg.num_hidden_layers}; the engine needs every configured layer to run"
-        )
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return ModelParts(
-        entry=entry,
-        language_model=language_model,
-        layers=layers,
-        norm=language_model.norm,
-        lm_head=lm_head,
-        text_config=cfg,
-        rotary=apply_rotary_pos_emb,
-        num_heads=cfg.num_attention_heads,
-        num_kv_heads=cfg.num_key_value_heads or cfg.num_attention_heads,
-        head_dim=head_dim,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        vocab_size=cfg.vocab_size,
-        # Mistral's window: the engine's own masks are plain causal, so it checks sequences stay inside it.
-        sliding_window=getattr(cfg, "sliding_window", None),
-    )
 
 
 def check_vision_tower(model: torch.nn.Module) -> None:
@@ -138,7 +100,8 @@ class LlavaAdapter(ModelAdapter):
 
     def parts(self, model: torch.nn.Module) -> ModelParts:
         check_vision_tower(model)
-        return llama_family_parts(model.model.language_model, model.model, model.lm_head, type(model).__name__)
+        backbone = backbone_for(model.model.language_model, type(model).__name__)
+        return ModelParts(entry=model.model, backbone=backbone, lm_head=model.lm_head)
 
     def images_given(self, kwargs: dict) -> bool:
         return image_features_given(kwargs)[0]

@@ -39,7 +39,7 @@ def run(layers: int, strategy: str, new_tokens: int, **params) -> tp.Report:
 
 
 def priced(report: tp.Report, shape: str) -> dict:
-    arch = {**report.arch, **SHAPES[shape]}
+    arch = dataclasses.replace(report.arch, **SHAPES[shape])
     repriced = dataclasses.replace(report, arch=arch, kv_dtype_bytes=2)  # fp16/bf16 KV cache
     flops, kv = repriced.flops(), repriced.kv_bytes()
     return {

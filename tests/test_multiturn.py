@@ -54,7 +54,7 @@ def test_second_turn_matches_the_reference(attn, family, name, params, ref_metho
         eager, data, ref_method, FIRST, prunable=reference_prunable(eager, data), turns=(Turn(ids, SECOND, mask),)
     )
     assert torch.equal(tokens, ref.tokens)
-    for step, (a, b) in enumerate(zip(logits, ref.logits)):
+    for step, (a, b) in enumerate(zip(logits, ref.logits, strict=True)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=f"step {step}")
     assert len(run.reports) == 1  # the second turn extends the first call's report
     assert run.report.visual_cache_entries == ref.visual_per_step
@@ -71,7 +71,7 @@ def test_second_turn_zero_removal_is_bit_identical(attn, name, params):
     with tp.prune(model, name, **params) as run:
         tokens, logits, _ = two_turns(model, data, ids, mask)
     assert torch.equal(tokens, base_tokens)
-    assert all(torch.equal(a, b) for a, b in zip(logits, base_logits))
+    assert all(torch.equal(a, b) for a, b in zip(logits, base_logits, strict=True))
     flops = run.report.flops()
     assert flops["decode_ratio"] == 1.0 and flops["prefill_ratio"] == 1.0
     assert run.report.kv_bytes()["total"]["peak_ratio"] == 1.0
@@ -90,10 +90,10 @@ def test_second_turn_flops_count_the_chunk():
         assert flops["decode"] < flops["baseline_decode"]
         decode.append(flops["baseline_decode"])
     a = run.report.arch
-    linear = 2 * (a["hidden_size"] * a["num_heads"] * a["head_dim"] * 2 + 2 * a["hidden_size"] * a["num_kv_heads"] * a["head_dim"]
-                  + 3 * a["hidden_size"] * a["intermediate_size"])
+    linear = 2 * (a.hidden_size * a.num_heads * a.head_dim * 2 + 2 * a.hidden_size * a.num_kv_heads * a.head_dim
+                  + 3 * a.hidden_size * a.intermediate_size)
     # ten more tokens in each of the three samples' turns: at least their linear FLOPs in every layer
-    assert decode[1] - decode[0] >= 10 * 3 * a["layers"] * linear
+    assert decode[1] - decode[0] >= 10 * 3 * a.layers * linear
 
 
 def test_a_new_image_in_the_second_turn_is_refused():

@@ -1,6 +1,7 @@
 """tokenprune: training-free visual token pruning for multimodal LLMs (ST3, FastV, VTW)."""
 
 from .api import available_adapters, available_strategies, compose, prune, resolve_adapter, resolve_strategy
+from .backbones import Backbone, DecoderShape
 from .calibration import Calibration, find_k
 from .engine import PruningSession
 from .errors import (
@@ -27,6 +28,7 @@ from .interfaces import (
     LayerSchedule,
     AdapterOptions,
     ModelAdapter,
+    ModelParts,
     ScoreProvider,
     Strategy,
     StrategyFactory,
@@ -41,7 +43,7 @@ __all__ = [
     "prune", "compose", "find_k", "Calibration", "available_strategies", "available_adapters", "resolve_strategy", "resolve_adapter", "PruningSession", "Report",
     "Strategy", "StrategyFactory", "StrategyParams", "ScoreProvider", "LayerSchedule", "CacheDecay",
     "AttentionView", "ComponentFactory", "ScoreFactory", "ScheduleFactory", "DecayFactory", "NoParams",
-    "ModelAdapter", "AdapterOptions", "VisualTokens", "hookimpl", "TokenpruneError", "UnknownStrategyError",
+    "ModelAdapter", "ModelParts", "Backbone", "DecoderShape", "AdapterOptions", "VisualTokens", "hookimpl", "TokenpruneError", "UnknownStrategyError",
     "InvalidParameterError", "UnsupportedModelError", "UnsupportedInputError", "AlreadyPrunedError", "PluginError", "PluginWarning",
     "ConfigError", "DataError",
 ]

@@ -146,8 +146,10 @@ class PrunableLayer(DynamicLayer):
         """(B, head + tail) validity of the held entries and of the tokens the running forward adds."""
         return self._with_tail(self.head_valid, self._tail_meta(1), self.tail.length - self.tail_from)
 
-    def append_meta(self, positions, valid, visual) -> None:
-        """The prompt's entries (prefill), appended to the head before the layer caches their keys."""
+    def append_meta(self, positions, valid, visual, pruned: bool) -> None:
+        """The prompt's entries (prefill), appended to the head before the layer caches their keys; `pruned`:
+        they are not the full prompt (a cut at or before this layer removed tokens)."""
+        self.pruned = pruned
         device = self.meta_device or valid.device
         positions, valid, visual = positions.to(device), valid.to(device), visual.to(device)
         if self.head_valid is None:
@@ -166,6 +168,10 @@ class PrunableLayer(DynamicLayer):
                 if value is not None:
                     setattr(self, name, value.to(self.keys.device))
         return out
+
+    def add_forward(self, all_valid: bool) -> None:
+        """A forward continuing the cache adds its tokens to this layer; `all_valid`: none is padding."""
+        self.all_valid = self.all_valid and all_valid
 
     # ------------------------------------------------------------------------------------ eviction
     def seed_scores(self, attention: torch.Tensor) -> None:
@@ -246,32 +252,30 @@ class PrunableLayer(DynamicLayer):
 class PrunableCache(DynamicCache):
     """Per-layer prunable cache; `get_seq_length()` counts processed tokens, not entries held."""
 
-    def __init__(self, num_layers: int, owner: object = None) -> None:
+    def __init__(self, num_layers: int) -> None:
         super().__init__()
-        self._make_prunable(num_layers, owner)
+        self._make_prunable(num_layers)
 
-    def _make_prunable(self, num_layers: int, owner: object) -> None:
+    def _make_prunable(self, num_layers: int) -> None:
         self.layer_class_to_replicate = None
         self.tail = _Tail()
         self.layers = [PrunableLayer(self.tail) for _ in range(num_layers)]
-        self.owner = owner  # the pruning session that filled it; only that session may continue it
-        self.report = None  # that session's report of the prefill, which decode steps extend
+        self.closed = False  # the pruning context that filled it has ended: it can no longer be extended
         self.processed = 0  # tokens seen so far (prompt + generated), independent of evictions
-        self.step = 0  # decode steps done
         # Host (layers, B) counts, set after the prefill: visual entries right after it (n_l(0) of the decay),
         # visual entries held now, real entries held now (including the running forward's once it started).
         self.initial_visual = self.visual_count = self.entry_count = None
-        self.final_visual = None  # visual entries each layer keeps at the decay's horizon (set by the engine)
+        self.final_visual = None  # visual entries each layer keeps at the decay's horizon (once asked for)
 
     @classmethod
-    def adopt(cls, cache: Cache | None, num_layers: int, owner: object) -> "PrunableCache":
+    def adopt(cls, cache: Cache | None, num_layers: int) -> "PrunableCache":
         """A prunable cache for a prefill: a new one, or the given empty dynamic cache converted in place.
 
         Converting in place (rather than swapping objects) keeps manual decode loops that reuse their own
         cache object correct; generate() reads the cache back from the outputs either way.
         """
         if cache is None:
-            return cls(num_layers, owner)
+            return cls(num_layers)
         if type(cache) is DynamicCache and cache.get_seq_length() == 0 and not cache.offloading:
             cache.__class__ = cls
         elif not (isinstance(cache, PrunableCache) and cache.processed == 0):
@@ -279,11 +283,16 @@ class PrunableCache(DynamicCache):
                 f"{type(cache).__name__} cannot hold per-layer pruned entries; pass no cache (generate makes one) "
                 "or an empty, non-offloaded DynamicCache"
             )
-        cache._make_prunable(num_layers, owner)
+        cache._make_prunable(num_layers)
         return cache
 
+    def close(self) -> None:
+        """The pruning context that filled this cache ended: its layers hold different entries, so only that
+        context could extend it correctly; from now on extending it is refused."""
+        self.closed = True
+
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        if self.owner is not None and not getattr(self.owner, "active", True):
+        if self.closed:
             raise UnsupportedInputError(
                 "this KV cache was pruned inside a tokenprune.prune() context that has ended; its layers hold "
                 "different entries, so it can only be continued inside that context"
@@ -297,19 +306,40 @@ class PrunableCache(DynamicCache):
         # The model's shared mask describes the full logical sequence; pruned layers get their own.
         return self.processed + query_length, 0
 
+    @property
+    def batch_size(self) -> int:
+        """Sequences the cache holds (beams included)."""
+        return self.layers[0].head_valid.shape[0]
+
     # ------------------------------------------------------------------------------------ host counts
-    def start_counts(self, visual: list, entries: list, columns: list[int]) -> None:
-        """Per-layer counts right after the prefill: each layer's visual and real entries (host, (B,) each)
-        in `columns` columns."""
+    def prefilled(self, tokens: int, visual: list, entries: list, columns: list[int]) -> None:
+        """A prefill of `tokens` columns filled the cache: each layer holds its visual and real entries (host,
+        (B,) each) in `columns` columns."""
+        self.processed += tokens
         self.initial_visual, self.entry_count = torch.stack(visual), torch.stack(entries)
         self.visual_count = self.initial_visual.clone()
-        for layer, real, width in zip(self.layers, self.entry_count, columns):
+        for layer, real, width in zip(self.layers, self.entry_count, columns, strict=True):
             layer.all_valid = bool((real == width).all())
 
     def add_tokens(self, positions: torch.Tensor, valid: torch.Tensor, real: torch.Tensor) -> None:
-        """Tokens of a forward continuing the cache: their metadata joins the tail; `real` (host, (B,)) counts them."""
+        """Tokens of a forward continuing the cache: their metadata joins the tail (before the layers run, which
+        attend to them); `real` (host, (B,)) counts them."""
         self.tail.append(positions, valid)
         self.entry_count += real
+
+    def final_visual_counts(self, compute) -> torch.Tensor:
+        """Host (layers, B) visual entries each layer keeps at the decay's horizon: `compute(initial_visual)`,
+        asked for once per prefill (it follows beam reorders with the other counts)."""
+        if self.final_visual is None:
+            self.final_visual = compute(self.initial_visual)
+        return self.final_visual
+
+    def forward_done(self, columns: int, visual: torch.Tensor | None, entries: torch.Tensor | None) -> None:
+        """A forward of `columns` new tokens continuing the cache returned; when it evicted, each layer now
+        holds `visual` / `entries` (host (layers, B)) visual / real entries."""
+        self.processed += columns
+        if visual is not None:
+            self.visual_count, self.entry_count = visual, entries
 
     # ------------------------------------------------------------------------------------ batch operations
     def _index_counts(self, fn) -> None:
@@ -339,4 +369,4 @@ class PrunableCache(DynamicCache):
         super().reset()
         self.tail.clear()
         self.initial_visual = self.visual_count = self.entry_count = self.final_visual = None
-        self.processed = self.step = 0
+        self.processed = 0

@@ -13,11 +13,13 @@ every sample stays last.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
+
+from .backbones import Backbone
 
 
 class StrategyParams(BaseModel):
@@ -51,7 +53,7 @@ class AttentionView:
     num_heads: int
     head_dim: int
     scaling: float
-    rotary: Callable  # apply_rotary_pos_emb(q, k, cos, sin) of the backbone
+    rotate: Callable  # the backbone's rotary: rotate(states (B, heads, L, Dh), cos, sin)
     flops: int = 0  # multiply-adds x2 spent in attention() so far, for honest accounting
 
     def attention(self, rows: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,7 @@ class AttentionView:
         q = q.view(bsz, rows.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
         cos = self.cos.expand(bsz, -1, -1).gather(1, idx.expand(-1, -1, self.cos.shape[-1]))
         sin = self.sin.expand(bsz, -1, -1).gather(1, idx.expand(-1, -1, self.sin.shape[-1]))
-        q, _ = self.rotary(q, q, cos, sin)
+        q = self.rotate(q, cos, sin)
         logits = self._logits(q)
         key_pos = torch.arange(lk, device=rows.device)
         query_pos = rows + (lk - q_len)
@@ -98,7 +100,7 @@ class AttentionView:
         """
         bsz = self.raw_queries.shape[0]
         q = self.raw_queries[:, -1:].view(bsz, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        q, _ = self.rotary(q, q, self.cos[:, -1:], self.sin[:, -1:])
+        q = self.rotate(q, self.cos[:, -1:], self.sin[:, -1:])
         logits = self._logits(q)[:, :, 0].masked_fill(~self.key_valid[:, None, :], float("-inf"))
         return torch.softmax(logits, dim=-1).mean(dim=1)
 
@@ -193,26 +195,12 @@ class Strategy:
 # --------------------------------------------------------------------------------------------- adapters
 @dataclass
 class ModelParts:
-    """The modules and shapes of one model that the engine works with."""
+    """The modules of one model that the engine works with: where a forward enters, the language model
+    (described by its backbone) and the head that turns its outputs into logits."""
 
     entry: torch.nn.Module  # sees input_ids / attention_mask / cache before the image features are merged
-    language_model: torch.nn.Module
-    layers: list[torch.nn.Module]
-    norm: torch.nn.Module  # final norm: where removed tokens are put back so outputs keep their length
+    backbone: Backbone
     lm_head: torch.nn.Module
-    text_config: object
-    rotary: Callable
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    intermediate_size: int
-    vocab_size: int
-    sliding_window: int | None = None  # attention window of the backbone; sequences must stay inside it
-    extra: dict = field(default_factory=dict)
-
-    def attention(self, layer: torch.nn.Module) -> torch.nn.Module:
-        return layer.self_attn
 
 
 @dataclass

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .backbones import DecoderShape
+
 
 def _ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline else 1.0
@@ -32,7 +34,7 @@ def _ratio(value: float, baseline: float) -> float:
 @dataclass
 class Report:
     strategy: dict
-    arch: dict = field(default_factory=dict)
+    arch: DecoderShape | None = None  # the sizes that price the language model (its backbone's shape)
     prompt_tokens: list[int] = field(default_factory=list)  # real tokens per sample
     visual_tokens: list[int] = field(default_factory=list)  # N_b per sample (prunable visual tokens)
     images: list[int] = field(default_factory=list)  # images per sample
@@ -56,20 +58,12 @@ class Report:
 
     @classmethod
     def start(
-        cls, strategy: dict, parts, valid: torch.Tensor, visual: torch.Tensor, image_of: torch.Tensor, dtype, horizon
+        cls, strategy: dict, shape: DecoderShape, valid: torch.Tensor, visual: torch.Tensor, image_of: torch.Tensor,
+        dtype, horizon,
     ) -> "Report":
-        arch = {
-            "layers": len(parts.layers),
-            "hidden_size": parts.hidden_size,
-            "intermediate_size": parts.intermediate_size,
-            "num_heads": parts.num_heads,
-            "num_kv_heads": parts.num_kv_heads,
-            "head_dim": parts.head_dim,
-            "vocab_size": parts.vocab_size,
-        }
         return cls(
             strategy=strategy,
-            arch=arch,
+            arch=shape,
             prompt_tokens=valid.sum(1).tolist(),
             visual_tokens=visual.sum(1).tolist(),
             images=(image_of.max(1).values + 1).tolist(),
@@ -85,7 +79,16 @@ class Report:
         self._prefill_visual[layer] = visual
 
     def record_cut(self, layer: int, source: torch.Tensor, visual: torch.Tensor) -> None:
+        """From cut layer `layer` on, the prefill holds the prompt tokens `source` (B, L'), `visual` of them visual."""
         self._cuts[layer] = (source, visual)
+
+    def add_scoring_flops(self, phase: str, flops: int) -> None:
+        """Attention rows tokenprune computed for scoring ("prefill" or "decode")."""
+        self.scoring_flops[phase] += flops
+
+    def add_logit_rows(self, phase: str, rows: int) -> None:
+        """The head computed `rows` logit rows in a "prefill" or "decode" forward."""
+        self.logit_rows[phase] += rows
 
     def record_cache(self, cache, new_tokens: torch.Tensor | None = None, new_columns: int = 0) -> None:
         """Cache state after a forward, from the cache's host counts; a decode forward added `new_columns`
@@ -120,19 +123,19 @@ class Report:
         """cut layer -> [sample] -> prompt indices of the visual tokens kept from that layer on."""
         out = {}
         for layer, (source, visual) in sorted(self._cuts.items()):
-            out[layer] = [src[vis].tolist() for src, vis in zip(source, visual)]
+            out[layer] = [src[vis].tolist() for src, vis in zip(source, visual, strict=True)]
         return out
 
     def _per_image(self, source: torch.Tensor, visual: torch.Tensor) -> list[list[int]]:
         image = torch.where(visual, self._image_of.to(source.device).gather(1, source), -1)
-        return [[int((row == i).sum()) for i in range(n)] for row, n in zip(image, self.images)]
+        return [[int((row == i).sum()) for i in range(n)] for row, n in zip(image, self.images, strict=True)]
 
     @property
     def visual_tokens_per_image(self) -> list[list[int]]:
         """[sample][image] prunable visual tokens of each image of each sample."""
         if self._image_of is None:
             return []
-        return [[int((row == i).sum()) for i in range(n)] for row, n in zip(self._image_of, self.images)]
+        return [[int((row == i).sum()) for i in range(n)] for row, n in zip(self._image_of, self.images, strict=True)]
 
     @property
     def kept_visual_per_image(self) -> dict[int, list[list[int]]]:
@@ -159,31 +162,18 @@ class Report:
         return self._steps[-1][1].tolist() if self._steps else []
 
     # ------------------------------------------------------------------------------------ FLOPs
-    def _linear_per_token(self) -> int:
-        a = self.arch
-        d, h, kv, dh, f = a["hidden_size"], a["num_heads"], a["num_kv_heads"], a["head_dim"], a["intermediate_size"]
-        return 2 * (d * h * dh + 2 * d * kv * dh + h * dh * d + 3 * d * f)
-
-    def _prefill_layer_flops(self, n: int) -> int:
-        a = self.arch
-        return n * self._linear_per_token() + 4 * a["num_heads"] * a["head_dim"] * n * (n + 1) // 2
-
-    def _fastv_formula(self, n: int) -> int:
-        d, m = self.arch["hidden_size"], self.arch["intermediate_size"]
-        return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
-
     def flops(self) -> dict:
-        if not self.arch:
+        if self.arch is None:
             return {}
         a = self.arch
-        lm_head = 2 * a["hidden_size"] * a["vocab_size"]
+        lm_head = a.lm_head_flops_per_row()
         layers = self.prefill_tokens
-        prefill = sum(self._prefill_layer_flops(n) for per_layer in layers for n in per_layer)
+        prefill = sum(a.prefill_layer_flops(n) for per_layer in layers for n in per_layer)
         prefill += self.logit_rows["prefill"] * lm_head + self.scoring_flops["prefill"]
-        baseline_prefill = a["layers"] * sum(self._prefill_layer_flops(n) for n in self.prompt_tokens)
+        baseline_prefill = a.layers * sum(a.prefill_layer_flops(n) for n in self.prompt_tokens)
         baseline_prefill += self.logit_rows["prefill"] * lm_head
-        attn = 4 * a["num_heads"] * a["head_dim"]
-        linear = self._linear_per_token()
+        attn = a.attention_flops_per_pair()
+        linear = a.linear_flops_per_token()
 
         def decode_flops(queries: int, entries: int) -> int:  # `queries` new tokens, the last of `entries`
             return queries * linear + attn * (queries * (entries - queries) + queries * (queries + 1) // 2)
@@ -193,13 +183,13 @@ class Report:
         for _, entries, _, queries, _ in self._steps[1:]:
             queries = queries.tolist()
             for per_layer in entries.tolist():
-                decode += sum(decode_flops(q, e) for q, e in zip(queries, per_layer))
-            seen = [s + q for s, q in zip(seen, queries)]
-            baseline_decode += a["layers"] * sum(decode_flops(q, s) for q, s in zip(queries, seen))
+                decode += sum(decode_flops(q, e) for q, e in zip(queries, per_layer, strict=True))
+            seen = [s + q for s, q in zip(seen, queries, strict=True)]
+            baseline_decode += a.layers * sum(decode_flops(q, s) for q, s in zip(queries, seen, strict=True))
         decode += self.logit_rows["decode"] * lm_head + self.scoring_flops["decode"]
         baseline_decode += self.logit_rows["decode"] * lm_head
-        fastv = sum(self._fastv_formula(n) for per_layer in layers for n in per_layer)
-        fastv_base = a["layers"] * sum(self._fastv_formula(n) for n in self.prompt_tokens)
+        fastv = sum(a.fastv_formula(n) for per_layer in layers for n in per_layer)
+        fastv_base = a.layers * sum(a.fastv_formula(n) for n in self.prompt_tokens)
         return {
             "prefill": prefill,
             "decode": decode,
@@ -218,7 +208,7 @@ class Report:
         if not self._steps:
             return {}
         a = self.arch
-        per_entry = 2 * a["num_kv_heads"] * a["head_dim"] * self.kv_dtype_bytes
+        per_entry = a.kv_values_per_entry() * self.kv_dtype_bytes
         bsz = self.batch_size
         total, visual, base_total, base_visual = [], [], [], []
         columns = self.padded_length  # what an unpruned cache holds per sample, padding included
@@ -226,8 +216,8 @@ class Report:
             columns += new_columns
             total.append(int(physical.sum()) * bsz * per_entry)
             visual.append(int(vis.sum()) * per_entry)
-            base_total.append(a["layers"] * bsz * columns * per_entry)
-            base_visual.append(a["layers"] * sum(self.visual_tokens) * per_entry)
+            base_total.append(a.layers * bsz * columns * per_entry)
+            base_visual.append(a.layers * sum(self.visual_tokens) * per_entry)
 
         def summary(values, baseline):
             peak, mean = max(values), sum(values) / len(values)
