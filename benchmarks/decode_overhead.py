@@ -34,8 +34,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import tokenprune as tp
 from tokenprune import timing
-from tokenprune.bench import SIZES, Size, build, machine, methods_for
+from tokenprune.bench import SIZES, Size, build, methods_for
 from tokenprune.tiny import TinySpec
+
+try:
+    from tokenprune.timing import machine_text
+except ImportError:  # an older checkout, for a before/after comparison: its bench.machine was this one line
+    from tokenprune.bench import machine as machine_text
 
 # The LLaVA-1.5-7B depth and token layout (32 layers, 576 visual + 63 text tokens) at a width where a CPU
 # step is host-bound the way a GPU batch-1 decode step is: operation counts equal the 7B shape's.
@@ -146,7 +151,7 @@ def main() -> None:
         "repeats": args.repeats,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "machine": machine(device),
+        "machine": machine_text(device),
         "revision": revision(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": f"python benchmarks/decode_overhead.py --size {size.name} --new-tokens {args.new_tokens} "

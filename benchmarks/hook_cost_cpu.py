@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 import tokenprune as tp
-from tokenprune.bench import SIZES, build, machine
+from tokenprune.bench import SIZES, build
+from tokenprune.timing import machine_text
 
 PACKAGE = Path(tp.__file__).resolve().parent.parent  # tokenprune/, strategies/, adapters/ all live under here
 OWN = ("tokenprune/", "strategies/", "adapters/")
@@ -70,7 +71,7 @@ def main() -> None:
                               "prefill_s_median_profiled": statistics.median(walls)}
             print(f"{label}: {statistics.median(shares):.2%} of the prefill in tokenprune's hooks and cache", flush=True)
     out = {
-        "machine": machine(torch.device("cpu")),
+        "machine": machine_text(torch.device("cpu")),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": f"python benchmarks/hook_cost_cpu.py --repeats {args.repeats}",
         "size": "cpu-medium",

@@ -1,9 +1,9 @@
 """Hypothesis strategies and independent helpers for tests/test_properties.py.
 
-Everything a property compares against is recomputed here from SPEC.md's method definitions (schedule
-counts, decay formula, FLOPs and KV-byte formulas) or found independently of the adapter (image
-placeholders by token id, LLaVA-NeXT newlines by value via conftest.newline_mask); nothing is read back
-from tokenprune's engine to build an expectation.
+Everything a property compares against is recomputed here from the method definitions of docs/methods.md
+(schedule counts, decay formula) and the FLOPs and KV-byte formulas in tokenprune/report.py's docstring, or
+found independently of the adapter (image placeholders by token id, LLaVA-NeXT newlines by value via
+conftest.newline_mask); nothing is read back from tokenprune's engine to build an expectation.
 """
 
 from __future__ import annotations
@@ -274,13 +274,13 @@ def cut_layers(name: str, params: dict, layers: int) -> list[int]:
 
 
 def expected_prefill(name: str, params: dict, layers: int, visual: list[int]) -> list[list[int]]:
-    """[layer][sample] visual tokens present in each prefill layer, from SPEC.md's definitions."""
+    """[layer][sample] visual tokens present in each prefill layer, from docs/methods.md's definitions."""
     cuts = set(cut_layers(name, params, layers))
     present, out = list(visual), []
     for layer in range(layers):
         if layer in cuts:
             if name == "fastv":  # one cut keeping round(N * (1 - ratio))
-                present = [min(p, round(n * (1 - params["ratio"]))) for p, n in zip(present, visual)]
+                present = [min(p, round(n * (1 - params["ratio"]))) for p, n in zip(present, visual, strict=True)]
             elif name == "vtw":  # everything withdrawn
                 present = [0] * len(present)
             else:  # PVTP: each cut removes the fraction `ratio` of what is still present

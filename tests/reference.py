@@ -2,7 +2,7 @@
 
 Nothing here uses tokenprune's engine, cache or score code. The reference runs the unmodified model with
 *eager* attention and a plain DynamicCache, reads the attention weights that eager attention returns,
-re-derives the kept sets from the method definitions in SPEC.md, and hides removed visual tokens from
+re-derives the kept sets from the method definitions in docs/methods.md, and hides removed visual tokens from
 each layer through its own 4D additive mask. Outputs of the kept tokens must then equal the pruned
 run's (which physically drops tokens) up to float summation order.
 """
@@ -18,7 +18,7 @@ from transformers.cache_utils import DynamicCache
 
 @dataclass
 class RefMethod:
-    """Method definitions, re-written from SPEC.md (not imported from tokenprune)."""
+    """Method definitions, re-written from docs/methods.md (not imported from tokenprune)."""
 
     kind: str  # "fastv" | "vtw" | "st3"
     k: int = 2

@@ -107,7 +107,7 @@ def test_dispatched_model_prunes_like_the_normal_one(dispatched, normal, eager, 
         out = greedy(model, data, STEPS)
     assert torch.equal(out.sequences, expected.sequences)
     assert len(out.logits) == STEPS
-    for a, b in zip(out.logits, expected.logits):
+    for a, b in zip(out.logits, expected.logits, strict=True):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
     assert run.report.to_dict() == expected_run.report.to_dict()
     if kind == "disk":  # the independent reference, once per case and batch
@@ -116,7 +116,7 @@ def test_dispatched_model_prunes_like_the_normal_one(dispatched, normal, eager, 
         assert run.report.kept_visual == ref.kept
         assert run.report.visual_cache_entries == ref.visual_per_step
         assert torch.equal(out.sequences[:, prompt:], ref.tokens)
-        for a, b in zip(out.logits, ref.logits):
+        for a, b in zip(out.logits, ref.logits, strict=True):
             torch.testing.assert_close(a, b, atol=REF_ATOL, rtol=0)
 
 
@@ -161,7 +161,7 @@ def test_model_and_accelerate_hooks_unchanged_after_the_context(dispatched, norm
         greedy(model, data, 4)
     after = greedy(model, data, STEPS)
     assert torch.equal(after.sequences, before.sequences)
-    for a, b in zip(after.logits, before.logits):
+    for a, b in zip(after.logits, before.logits, strict=True):
         assert torch.equal(a, b)
     assert {name: m._hf_hook for name, m in model.named_modules() if hasattr(m, "_hf_hook")} == hooks
     assert _torch_hooks(model) == torch_hooks  # every hook tokenprune added is gone
@@ -205,6 +205,6 @@ def test_llava_next_with_disk_offload(tmp_path, batch):
     with tp.prune(model, "st3", start_layer=1, stride=1, ratio=0.4, horizon=6) as run:
         out = greedy(model, data, STEPS)
     assert torch.equal(out.sequences, expected.sequences)
-    for a, b in zip(out.logits, expected.logits):
+    for a, b in zip(out.logits, expected.logits, strict=True):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
     assert run.report.to_dict() == expected_run.report.to_dict()

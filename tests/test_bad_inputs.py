@@ -103,7 +103,7 @@ def test_bf16_zero_removal_is_bit_identical_and_pruning_runs(family):
     with tp.prune(model, "st3", ratio=0.0, final_fraction=1.0):
         same = greedy(model, data, 6)
     assert torch.equal(base.sequences, same.sequences)
-    assert all(torch.equal(a, b) for a, b in zip(base.logits, same.logits))
+    assert all(torch.equal(a, b) for a, b in zip(base.logits, same.logits, strict=True))
     with tp.prune(model, "st3") as run:
         greedy(model, data, 6)
     assert run.report.kv_bytes()["visual"]["mean_ratio"] < 1

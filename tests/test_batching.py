@@ -25,7 +25,7 @@ def test_batch_equals_per_sample(attn, name, params, ref_method, family):
         with tp.prune(model, name, **params) as run_b:
             ref = greedy(model, single, STEPS)
         assert torch.equal(out.sequences[b, prompt:], ref.sequences[0, single["input_ids"].shape[1]:])
-        for a, r in zip(out.logits, ref.logits):
+        for a, r in zip(out.logits, ref.logits, strict=True):
             torch.testing.assert_close(a[b], r[0], atol=1e-4, rtol=0)
         assert [layer[b] for layer in batch_report.prefill_visual_tokens] == [
             layer[0] for layer in run_b.report.prefill_visual_tokens

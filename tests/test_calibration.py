@@ -51,9 +51,9 @@ def test_curve_matches_the_masked_reference(family, calibrated):
     bounds = []
     for k in range(LAYERS + 1):
         pruned = reference_generate(eager, data, RefMethod("vtw", k=k), 1, prunable=prunable).logits[0]
-        expected = [_kl_and_bound(p, f) for p, f in zip(pruned, full)]
+        expected = [_kl_and_bound(p, f) for p, f in zip(pruned, full, strict=True)]
         bounds += [bound for _, bound in expected]
-        for b, (got, (kl, bound)) in enumerate(zip(calibrated.per_sample[k], expected)):
+        for b, (got, (kl, bound)) in enumerate(zip(calibrated.per_sample[k], expected, strict=True)):
             assert abs(got - kl) <= bound, f"k={k} sample {b}: {got} vs {kl} (bound {bound})"
         assert calibrated.curve[k] == pytest.approx(sum(calibrated.per_sample[k]) / 3, abs=1e-12)
     # the check has teeth: a curve shifted by one k would fail it (observed errors are ~1e-6)

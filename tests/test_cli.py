@@ -168,7 +168,7 @@ def test_token_clock_times_a_real_generate():
     result = timing.measure([timing.baseline_method()], generate, new_tokens=4, repeats=2)
     t = result["baseline"]
     assert t.produced == [4, 4]
-    assert all(0 < ttft <= full for ttft, full in zip(t.ttft_s, t.full_s))
+    assert all(0 < ttft <= full for ttft, full in zip(t.ttft_s, t.full_s, strict=True))
     assert all(d > 0 for d in t.decode_s)
 
 

@@ -77,7 +77,10 @@ def test_right_padding_refused_without_touching_the_model():
     model = tiny_model()
     data = inputs("padded")
     right = {
-        "input_ids": torch.stack([torch.cat([r[m.bool()], r[~m.bool()]]) for r, m in zip(data["input_ids"], data["attention_mask"])]),
+        "input_ids": torch.stack([
+            torch.cat([r[m.bool()], r[~m.bool()]])
+            for r, m in zip(data["input_ids"], data["attention_mask"], strict=True)
+        ]),
         "attention_mask": data["attention_mask"].flip(1),
         "pixel_values": data["pixel_values"],
     }

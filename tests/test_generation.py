@@ -121,7 +121,7 @@ def test_text_only_inputs_pass_through_untouched():
     with tp.prune(model, "vtw", k=0) as run:
         out = greedy(model, text, 10)
     assert torch.equal(base.sequences, out.sequences)
-    assert all(torch.equal(a, b) for a, b in zip(base.logits, out.logits))
+    assert all(torch.equal(a, b) for a, b in zip(base.logits, out.logits, strict=True))
     assert not isinstance(out.past_key_values, PrunableCache)
     assert run.report.to_dict()["flops"] == {}
 

@@ -91,14 +91,14 @@ def test_decay_stops_scoring_a_layer_once_it_holds_its_final_count():
     (short, short_scores), (long, long_scores) = runs[6], runs[8]
     assert long.visual_cache_entries[horizon] == long.visual_cache_entries[-1]  # nothing evicted after it
     assert short.visual_cache_entries == long.visual_cache_entries[:6]
-    for a, b in zip(short_scores, long_scores):
+    for a, b in zip(short_scores, long_scores, strict=True):
         assert torch.equal(a, b)
     # before the horizon they do change: the scores of step 2 differ from those of step 3
     with tp.prune(model, "st3", horizon=horizon):
         early = [layer.scores for layer in greedy(model, data, 3).past_key_values.layers]
     with tp.prune(model, "st3", horizon=horizon):
         later = [layer.scores for layer in greedy(model, data, 4).past_key_values.layers]
-    assert any(not torch.equal(a, b) for a, b in zip(early, later))
+    assert any(not torch.equal(a, b) for a, b in zip(early, later, strict=True))
 
 
 @pytest.mark.parametrize("kind,expect_mask", [("single", False), ("padded", True)])

@@ -21,7 +21,7 @@ def test_zero_removal_is_bit_identical(attn, batch, name, params, family):
         pruned = greedy(model, data, STEPS)
     assert torch.equal(pruned.sequences, base.sequences)
     assert len(pruned.logits) == STEPS
-    for a, b in zip(pruned.logits, base.logits):
+    for a, b in zip(pruned.logits, base.logits, strict=True):
         assert torch.equal(a, b)
     report = run.report.to_dict()
     assert report["flops"]["prefill_ratio"] == 1.0
@@ -50,7 +50,7 @@ def test_model_bit_identical_after_context_even_after_exception():
             raise RuntimeError("boom")
     after = greedy(model, data, 8)
     assert torch.equal(before.sequences, after.sequences)
-    for a, b in zip(before.logits, after.logits):
+    for a, b in zip(before.logits, after.logits, strict=True):
         assert torch.equal(a, b)
     assert _hooks(model) == hooks_before  # every hook tokenprune added is gone
 

@@ -54,7 +54,7 @@ def test_newline_option_against_the_reference(prune_newlines, name, params, ref_
     assert run.report.kept_visual == ref.kept
     assert run.report.visual_cache_entries == ref.visual_per_step
     assert torch.equal(out.sequences[:, data["input_ids"].shape[1]:], ref.tokens)
-    for a, b in zip(out.logits, ref.logits):
+    for a, b in zip(out.logits, ref.logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     placeholders = data["input_ids"] == model.config.image_token_id
     expected = placeholders if prune_newlines else placeholders & ~newlines

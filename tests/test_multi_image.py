@@ -29,7 +29,7 @@ def test_two_images_per_prompt_match_the_reference_and_each_sample_alone(family,
     prompt = data["input_ids"].shape[1]
     assert run.report.kept_visual == ref.kept
     assert torch.equal(out.sequences[:, prompt:], ref.tokens)
-    for a, b in zip(out.logits, ref.logits):
+    for a, b in zip(out.logits, ref.logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     for b in range(3):
         single = sample_of(data, b, IMAGES)

@@ -41,5 +41,5 @@ def test_llava_next_layout_matches_reference(name, params, ref_method):
     assert run.report.kept_visual == ref.kept
     assert run.report.visual_cache_entries == ref.visual_per_step
     assert torch.equal(out.sequences[:, data["input_ids"].shape[1]:], ref.tokens)
-    for a, b in zip(out.logits, ref.logits):
+    for a, b in zip(out.logits, ref.logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

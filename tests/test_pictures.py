@@ -139,7 +139,7 @@ def test_kept_masks_count_what_the_report_keeps_per_image(spec):
                 assert kept == report.kept_visual_per_image[layer][sample][image]
                 previous = masks.get(layer - 2)  # progressive: a token once removed stays removed
                 if previous is not None:
-                    assert all(bool((now <= before).all()) for now, before in zip(per_grid, previous))
+                    assert all(bool((now <= before).all()) for now, before in zip(per_grid, previous, strict=True))
 
 
 def test_fastv_keeps_the_top_k_cells_of_the_last_query_attention():

@@ -135,7 +135,7 @@ def test_composed_equals_builtin_exactly():
             outs.append((out, run.report.to_dict()))
         (a, ra), (b, rb) = outs
         assert torch.equal(a.sequences, b.sequences)
-        assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits))
+        assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits, strict=True))
         ra.pop("strategy"), rb.pop("strategy")
         assert ra == rb
 

@@ -118,7 +118,7 @@ def test_zero_removal_is_bit_identical(drawn, data_strategy):
         tokens, logits, pruned = generate_turns(model, data, case.steps, further)
     assert torch.equal(tokens, base_tokens)
     assert len(logits) == len(base_logits) == case.steps + sum(t.steps for t in further)
-    for a, b in zip(logits, base_logits):
+    for a, b in zip(logits, base_logits, strict=True):
         assert torch.equal(a, b)
     flops, kv = run.report.flops(), run.report.kv_bytes()
     assert (flops["prefill_ratio"], flops["decode_ratio"], flops["total_ratio"]) == (1.0, 1.0, 1.0)
@@ -139,7 +139,7 @@ def test_text_only_inputs_pass_through_untouched(case, data_strategy):
     with tp.prune(model, name, **params) as run:
         out = generate(model, data, case.steps)
     assert torch.equal(out.sequences, base.sequences)
-    assert all(torch.equal(a, b) for a, b in zip(out.logits, base.logits))
+    assert all(torch.equal(a, b) for a, b in zip(out.logits, base.logits, strict=True))
     assert not isinstance(out.past_key_values, PrunableCache)
     assert run.reports == []
 
@@ -157,7 +157,7 @@ def test_kept_sets_nested_prunable_and_counted(drawn):
     prunable = prunable_mask(model, data, **options)
     visual = prunable.sum(1).tolist()
     real = data["attention_mask"].sum(1).tolist()
-    text = [r - n for r, n in zip(real, visual)]  # every real prompt token that may not be removed
+    text = [r - n for r, n in zip(real, visual, strict=True)]  # every real prompt token that may not be removed
     assert report.visual_tokens == visual
     assert report.prompt_tokens == real
     assert [sum(per_image) for per_image in report.visual_tokens_per_image] == visual
@@ -178,7 +178,7 @@ def test_kept_sets_nested_prunable_and_counted(drawn):
         per_image = report.kept_visual_per_image[layer]
         assert [sum(x) for x in per_image] == [len(x) for x in kept[layer]]
     assert report.prefill_visual_tokens == prefill
-    assert report.prefill_tokens == [[t + p for t, p in zip(text, layer)] for layer in prefill]
+    assert report.prefill_tokens == [[t + p for t, p in zip(text, layer, strict=True)] for layer in prefill]
 
     # decode: visual cache entries per step follow the decay; text + generated are all still there
     horizon = horizon_of(name, params, case.steps)
@@ -361,7 +361,7 @@ def test_model_restored_after_context_even_after_exceptions(drawn, failure, data
                         own_hook.remove()
                     again = generate(model, data, case.steps)
                     assert torch.equal(again.sequences, clean.sequences)
-                    assert all(torch.equal(a, b) for a, b in zip(again.logits, clean.logits))
+                    assert all(torch.equal(a, b) for a, b in zip(again.logits, clean.logits, strict=True))
                     assert run.report.to_dict() == clean_run.report.to_dict()
                     raise Boom("leave the context")
                 generate(model, data, case.steps, **extra)
@@ -378,11 +378,11 @@ def test_model_restored_after_context_even_after_exceptions(drawn, failure, data
     assert_same_tensors(weights, tensors(model))
     after = generate(model, data, case.steps)
     assert torch.equal(after.sequences, base.sequences)
-    assert all(torch.equal(a, b) for a, b in zip(after.logits, base.logits))
+    assert all(torch.equal(a, b) for a, b in zip(after.logits, base.logits, strict=True))
     with tp.prune(model, name, adapter_options=options, **params) as rerun:
         again = generate(model, data, case.steps)
     assert torch.equal(again.sequences, clean.sequences)
-    assert all(torch.equal(a, b) for a, b in zip(again.logits, clean.logits))
+    assert all(torch.equal(a, b) for a, b in zip(again.logits, clean.logits, strict=True))
     assert rerun.report.to_dict() == clean_run.report.to_dict()
 
 
@@ -402,7 +402,7 @@ def test_report_flops_and_kv_bytes(drawn):
     bsz, steps, layers = case.batch_size, case.steps, case.layers
     real = data["attention_mask"].sum(1).tolist()
     visual = prunable_mask(model, data, **options).sum(1).tolist()
-    text = [r - n for r, n in zip(real, visual)]
+    text = [r - n for r, n in zip(real, visual, strict=True)]
     prefill = expected_prefill(name, params, layers, visual)
     vis_steps = expected_visual_cache(name, params, prefill, steps, horizon_of(name, params, steps))
     entries = [[[text[b] + t + layer[b] for b in range(bsz)] for layer in step] for t, step in enumerate(vis_steps)]
@@ -423,7 +423,7 @@ def test_report_flops_and_kv_bytes(drawn):
 
     assert flops["baseline_prefill"] == layers * sum(map(prefill_layer, real)) + bsz * lm_head
     assert flops["prefill"] == (
-        sum(prefill_layer(t + p) for layer in prefill for t, p in zip(text, layer))
+        sum(prefill_layer(t + p) for layer in prefill for t, p in zip(text, layer, strict=True))
         + bsz * lm_head
         + flops["scoring_prefill"]
     )
@@ -481,13 +481,13 @@ def test_further_turns_continue_the_pruned_cache_like_the_reference(drawn, data_
     forwards = len(fed)
     assert report.decode_steps == forwards - 1
     visual = prunable_mask(model, data, **options).sum(1).tolist()
-    text = [r - n for r, n in zip(data["attention_mask"].sum(1).tolist(), visual)]
+    text = [r - n for r, n in zip(data["attention_mask"].sum(1).tolist(), visual, strict=True)]
     prefill = expected_prefill(name, params, layers, visual)
     vis_steps = expected_visual_cache(name, params, prefill, forwards, horizon_of(name, params, case.steps))
     assert report.visual_cache_entries == vis_steps
     seen = [list(text)]
     for step in fed[1:]:
-        seen.append([s + q for s, q in zip(seen[-1], step)])
+        seen.append([s + q for s, q in zip(seen[-1], step, strict=True)])
     entries = [[[seen[t][b] + layer[b] for b in range(bsz)] for layer in step] for t, step in enumerate(vis_steps)]
     assert report.cache_entries_per_step == entries  # text + everything fed since + kept visual
 
@@ -505,10 +505,12 @@ def test_further_turns_continue_the_pruned_cache_like_the_reference(drawn, data_
     real = data["attention_mask"].sum(1).tolist()
     baseline, seen_all = 0, list(real)
     for step in fed[1:]:
-        seen_all = [x + q for x, q in zip(seen_all, step)]
-        baseline += layers * sum(decode(q, x) for q, x in zip(step, seen_all))
+        seen_all = [x + q for x, q in zip(seen_all, step, strict=True)]
+        baseline += layers * sum(decode(q, x) for q, x in zip(step, seen_all, strict=True))
     assert flops["baseline_decode"] == baseline + lm_head
-    pruned = sum(decode(q, e) for t in range(1, forwards) for layer in entries[t] for q, e in zip(fed[t], layer))
+    pruned = sum(
+        decode(q, e) for t in range(1, forwards) for layer in entries[t] for q, e in zip(fed[t], layer, strict=True)
+    )
     assert flops["decode"] == pruned + lm_head + flops["scoring_decode"]
     assert flops["decode"] - flops["scoring_decode"] <= flops["baseline_decode"]
 

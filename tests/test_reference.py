@@ -31,7 +31,7 @@ def test_matches_masked_reference(attn, batch, name, params, ref_method, family)
     assert run.report.kept_visual == ref.kept
     assert run.report.visual_cache_entries == ref.visual_per_step
     assert torch.equal(out.sequences[:, prompt:], ref.tokens)
-    for step, (a, b) in enumerate(zip(out.logits, ref.logits)):
+    for step, (a, b) in enumerate(zip(out.logits, ref.logits, strict=True)):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0, msg=f"step {step}")
 
 
@@ -82,7 +82,7 @@ def test_text_mean_in_ragged_batches(attn, layout):
         out = greedy(model, data, 4)
     ref = reference_generate(tiny_model("eager"), data, RefMethod("fastv", k=2, ratio=0.5, query="text_mean"), 4)
     assert run.report.kept_visual == ref.kept
-    for a, b in zip(out.logits, ref.logits):
+    for a, b in zip(out.logits, ref.logits, strict=True):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 

@@ -30,12 +30,14 @@ def test_pvtp_prefill_counts_and_cache_lengths(start, stride, ratio):
         expected.append(list(present))
     assert run.report.prefill_visual_tokens == expected
     # cache entries per layer = text tokens + generated tokens + kept visual, per sample
-    text = [int(m.sum()) - n for m, n in zip(data["attention_mask"], n_visual(data))]
+    text = [int(m.sum()) - n for m, n in zip(data["attention_mask"], n_visual(data), strict=True)]
     generated = 2  # the third token needs no forward
-    assert run.report.cache_entries == [[t + generated + v for t, v in zip(text, layer)] for layer in expected]
+    assert run.report.cache_entries == [
+        [t + generated + v for t, v in zip(text, layer, strict=True)] for layer in expected
+    ]
     # and the physical cache tensors are as long as the longest sample of each layer needs
     cache = out.past_key_values
-    for layer, counts in zip(cache.layers, run.report.cache_entries):
+    for layer, counts in zip(cache.layers, run.report.cache_entries, strict=True):
         assert layer.keys.shape[2] == max(counts)
 
 
@@ -78,12 +80,12 @@ def test_batched_eviction_changes_memory_timing_not_outputs(evict_every):
     with tp.prune(tiny_model(), "st3", evict_every=evict_every) as run:
         batched = greedy(tiny_model(), data, STEPS)
     assert torch.equal(every.sequences, batched.sequences)
-    for a, b in zip(every.logits, batched.logits):
+    for a, b in zip(every.logits, batched.logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert run.report.visual_cache_entries == eager_run.report.visual_cache_entries
     per_step = run.report.kv_bytes()["total"]["per_step"]
     eager_steps = eager_run.report.kv_bytes()["total"]["per_step"]
-    assert all(b >= a for a, b in zip(eager_steps, per_step))
+    assert all(b >= a for a, b in zip(eager_steps, per_step, strict=True))
     if evict_every == 1:
         assert per_step == eager_steps
     else:  # right after a compaction step the tensors hold exactly the kept entries again

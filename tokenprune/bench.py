@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ import tokenprune as tp
 
 from . import timing
 from .errors import ConfigError
+from .ratios import ratio
 from .tiny import TinySpec, build_model, make_inputs
 
 
@@ -83,21 +83,6 @@ def methods_for(layers: int) -> list[tuple[str, dict]]:
     ]
 
 
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if device.type == "cuda":
-        text = f"{torch.cuda.get_device_name(device)}, " + text
-    return text
-
-
 def build(size: Size, batch: int, device: torch.device, dtype: torch.dtype):
     spec = size.spec
     model = build_model(spec, dtype=dtype).to(device)
@@ -141,7 +126,7 @@ def run_size(size: Size, *, batch: int, new_tokens: int, repeats: int, device: t
             "total_kv_mean_ratio": kv["total"]["mean_ratio"] if kv else 1.0,
             "total_kv_peak_bytes": kv["total"]["peak"] if kv else None,
             # how many more sequences fit a fixed KV memory budget: baseline peak KV / this method's peak KV
-            "kv_budget_batch_ratio": kv["total"]["baseline_peak"] / kv["total"]["peak"] if kv else 1.0,
+            "kv_budget_batch_ratio": ratio(kv["total"]["baseline_peak"], kv["total"]["peak"]) if kv else 1.0,
             "peak_memory_bytes": peak,
         }
     return {
@@ -153,7 +138,7 @@ def run_size(size: Size, *, batch: int, new_tokens: int, repeats: int, device: t
         "repeats": repeats,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "machine": machine(device),
+        "machine": timing.machine_text(device),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": rows,
         "timings": {name: t.to_dict() for name, t in timings.items()},
@@ -182,8 +167,8 @@ def hook_cost(model, data, strategy, pairs: int) -> dict:
     ratios, plain = [], []
     for p in range(pairs):
         order = (False, True) if p % 2 == 0 else (True, False)
-        times = dict(zip(order, (forward(hooked) for hooked in order)))
-        ratios.append(times[True] / times[False])
+        times = dict(zip(order, (forward(hooked) for hooked in order), strict=True))
+        ratios.append(ratio(times[True], times[False]))
         plain.append(times[False])
     ratios.sort()
     return {
@@ -215,7 +200,7 @@ def _target(text: str, value: float, met: bool) -> dict:
 
 
 def targets(rows: dict, hooks: dict, device: torch.device, size: str, batch: int) -> list[dict]:
-    """The issue's targets this run can check (values are fractions: +0.03 = 3 % over)."""
+    """The performance targets (docs/benchmarks.md) this run can check (values are fractions: +0.03 = 3 % over)."""
     cpu = device.type == "cpu"
     limit = 0.02 if cpu else 0.01
     cost = hooks["ratio_median"] - 1.0
@@ -224,7 +209,7 @@ def targets(rows: dict, hooks: dict, device: torch.device, size: str, batch: int
     for label, row in rows.items():
         if row["strategy"] is None or label == HOOKS_ONLY:
             continue
-        gap = row["ttft_ratio"] / row["prefill_flops_ratio"] - 1.0
+        gap = ratio(row["ttft_ratio"], row["prefill_flops_ratio"]) - 1.0
         out.append(_target(f"{label}: TTFT ratio within 10% of its prefill FLOPs ratio", gap, abs(gap) <= 0.10))
     st3 = rows["st3"]
     if size == "llava15-7b" and batch == 1:
@@ -278,10 +263,10 @@ def scoring_comparison(size: Size, *, new_tokens: int, repeats: int, device: tor
     fast, slow = methods[1][0], methods[2][0]
     return {
         "size": size.name, "prompt_tokens": int(data["input_ids"].shape[1]), "new_tokens": new_tokens, "repeats": repeats,
-        "device": str(device), "dtype": str(dtype).removeprefix("torch."), "machine": machine(device),
+        "device": str(device), "dtype": str(dtype).removeprefix("torch."), "machine": timing.machine_text(device),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "ratios": rel, "ttft_s": {name: t.ttft for name, t in timings.items()},
-        "speedup_of_recomputed_scores": timings[slow].ttft / timings[fast].ttft,
+        "speedup_of_recomputed_scores": ratio(timings[slow].ttft, timings[fast].ttft),
     }
 
 
@@ -365,8 +350,8 @@ def command(args: argparse.Namespace, console: Console) -> int:
         result = scoring_comparison(size, new_tokens=2, repeats=args.repeats, device=device, dtype=dtype)
         result["command"] = f"tokenprune bench --scoring --size {size.name} --repeats {args.repeats} --device {args.device}"
         (out / f"scoring-{size.name}.json").write_text(json.dumps(result, indent=1))
-        for name, ratio in result["ratios"].items():
-            console.print(f"{name}: TTFT ratio {ratio['ttft_ratio']:.3f} ({result['ttft_s'][name]:.2f} s)")
+        for name, rel in result["ratios"].items():
+            console.print(f"{name}: TTFT ratio {rel['ttft_ratio']:.3f} ({result['ttft_s'][name]:.2f} s)")
         console.print(f"recomputed scores are {result['speedup_of_recomputed_scores']:.2f}x faster to first token "
                       f"at {result['prompt_tokens']} tokens; written: {out / f'scoring-{size.name}.json'}")
         return 0

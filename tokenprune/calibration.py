@@ -94,10 +94,10 @@ def find_k(
         for k in ks:
             kls: list[float] = []
             with prune(model, "vtw", k=k, adapter=adapter, adapter_options=adapter_options):
-                for batch, reference in zip(inputs, full):
+                for batch, reference in zip(inputs, full, strict=True):
                     pruned = model(**batch, use_cache=False).logits[:, -1]
                     # one call per sample: first_token_kl averages over rows, and samples weigh equally
-                    kls += [first_token_kl(p, r) for p, r in zip(pruned, reference)]
+                    kls += [first_token_kl(p, r) for p, r in zip(pruned, reference, strict=True)]
             per_sample[k] = kls
             curve[k] = sum(kls) / len(kls)
             if on_step is not None:

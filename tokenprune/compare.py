@@ -16,8 +16,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
-import platform
 import shutil
 import statistics
 import textwrap
@@ -38,6 +36,7 @@ from .config import CompareConfig, StrategySpec, load_config, strategy_specs
 from .errors import ConfigError, TokenpruneError
 from .metrics import agreement, first_token_kl
 from .models import LoadedModel, load_model
+from .ratios import ratio
 
 BASELINE = "baseline"
 
@@ -335,7 +334,7 @@ class Comparison:
         return {
             "tokenprune_version": tp.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": machine(self.loaded.device if self.loaded else torch.device("cpu")),
+            "machine": timing.machine(self.loaded.device if self.loaded else torch.device("cpu")),
             "model": {"description": self.loaded.description, "source": self.loaded.source, "layers": self.loaded.num_layers}
             if self.loaded else None,
             "data": {**self.config.data.model_dump(), "task": task, "samples": len(self.samples)},
@@ -364,14 +363,15 @@ def _report_summary(report) -> dict:
         "kv": {part: {k: kv[part][k] for k in ("mean", "baseline_mean", "peak", "baseline_peak")} for part in ("visual", "total")},
         "visual_tokens": report.visual_tokens[0],
         "visual_tokens_per_layer": [layer[0] for layer in report.prefill_visual_tokens],
-        "visual_kv_fraction_per_step": [v / base_visual if base_visual else 1.0 for v in kv["visual"]["per_step"]],
+        "visual_kv_fraction_per_step": [ratio(v, base_visual) for v in kv["visual"]["per_step"]],
     }
 
 
-def _ratio(records: list[dict], group: str, part: str, key: str) -> float | None:
-    value = sum(r[group][part][key] if part else r[group][key] for r in records)
-    base = sum(r[group][part][f"baseline_{key}"] if part else r[group][f"baseline_{key}"] for r in records)
-    return value / base if base else None
+def _ratio_of_sums(records: list[dict], group: str, part: str, key: str) -> float:
+    """`ratio` of `record[group][part][key]` summed over the samples to `...[baseline_<key>]` summed likewise."""
+    value = sum(r[group][part][key] for r in records)
+    base = sum(r[group][part][f"baseline_{key}"] for r in records)
+    return ratio(value, base)
 
 
 def _aggregate(records: list[dict], baseline: bool) -> dict:
@@ -386,20 +386,13 @@ def _aggregate(records: list[dict], baseline: bool) -> dict:
         return row | {"prefill_flops_ratio": 1.0, "total_flops_ratio": 1.0, "visual_kv_ratio": 1.0, "total_kv_ratio": 1.0}
     flops = {k: sum(r["flops"][k] for r in records) for k in ("prefill", "decode", "baseline_prefill", "baseline_decode")}
     return row | {
-        "prefill_flops_ratio": flops["prefill"] / flops["baseline_prefill"],
-        "total_flops_ratio": (flops["prefill"] + flops["decode"]) / (flops["baseline_prefill"] + flops["baseline_decode"]),
-        "visual_kv_ratio": _ratio(records, "kv", "visual", "mean"),
-        "total_kv_ratio": _ratio(records, "kv", "total", "mean"),
+        "prefill_flops_ratio": ratio(flops["prefill"], flops["baseline_prefill"]),
+        "total_flops_ratio": ratio(
+            flops["prefill"] + flops["decode"], flops["baseline_prefill"] + flops["baseline_decode"]
+        ),
+        "visual_kv_ratio": _ratio_of_sums(records, "kv", "visual", "mean"),
+        "total_kv_ratio": _ratio_of_sums(records, "kv", "total", "mean"),
     }
-
-
-def machine(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": str(device), "cpu": platform.processor() or platform.machine()}
-    info["cpu_count"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 # ------------------------------------------------------------------------------------------- tables

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import registry
 from .api import compose
-from .errors import ConfigError, InvalidParameterError, TokenpruneError
+from .errors import ConfigError, InvalidParameterError, TokenpruneError, validation_problems
 from .interfaces import Strategy
 
 
@@ -101,22 +101,8 @@ class StrategySpec:
     calibration: VTWCalibration | None = None
 
 
-def _where(loc) -> str:
-    """('strategies', 2, 'ratio') -> 'strategies[2].ratio'."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
 def _errors(source: str, exc: ValidationError, prefix: tuple = ()) -> ConfigError:
-    lines = []
-    for err in exc.errors():
-        where = _where(prefix + tuple(err["loc"])) or "(top level)"
-        given = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") and "input" in err else ""
-        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{where}: {message}{given}")
-    return ConfigError(f"{source}: " + "; ".join(lines))
+    return ConfigError(f"{source}: " + "; ".join(validation_problems(exc, prefix=prefix)))
 
 
 def read_file(path: str | Path) -> dict:

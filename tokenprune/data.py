@@ -246,7 +246,7 @@ def _load_parquet(format: str, path: Path, limit: int | None, seed: int, image_r
                 table = handle.read_row_group(group, columns=list(columns.values()))
                 rows = table.take(wanted).to_pylist()
                 root = Path(image_root) if image_root else file.parent
-                for i, row in zip(wanted, rows):
+                for i, row in zip(wanted, rows, strict=True):
                     values = {name: row[column] for name, column in columns.items()}
                     samples.append(_parquet_sample(format, file, start + i, values, root))
             start += size
@@ -325,7 +325,7 @@ def _parquet_sample(format: str, file: Path, index: int, values: dict, root: Pat
 
 def scienceqa_prompt(question: str, choices: Iterable[str], hint: str | None = None) -> str:
     """LLaVA's ScienceQA prompt: optional context, the question, lettered options, the instruction."""
-    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, choices))
+    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, choices, strict=False))
     context = f"Context: {hint.strip()}\n" if hint and hint.strip() else ""
     return f"{context}{question}\n{options}\n{SCIENCEQA_INSTRUCTION}"
 
@@ -363,7 +363,7 @@ def _scenes(n: int, seed: int) -> list[_Scene]:
         colours = rng.sample(sorted(COLOURS), count)
         image = Image.new("RGB", (width, height), BACKGROUNDS[background])
         draw = ImageDraw.Draw(image)
-        for slot, (colour, shape) in enumerate(zip(colours, shapes)):
+        for slot, (colour, shape) in enumerate(zip(colours, shapes, strict=True)):
             side = min(height, width // count) * 3 // 4  # one column per shape, so they never overlap
             x0 = slot * (width // count) + rng.randint(0, max(0, width // count - side))
             y0 = rng.randint(0, max(0, height - side))
@@ -375,8 +375,9 @@ def _scenes(n: int, seed: int) -> list[_Scene]:
                 draw.ellipse(box, fill=fill)
             else:
                 draw.polygon([(x0 + side // 2, y0), (x0, y0 + side - 1), (x0 + side - 1, y0 + side - 1)], fill=fill)
-        absent = [(c, s) for c in sorted(COLOURS) for s in SHAPES if (c, s) not in set(zip(colours, shapes))]
-        scenes.append(_Scene(index, image, background, tuple(zip(colours, shapes)), rng.choice(absent)))
+        drawn = tuple(zip(colours, shapes, strict=True))
+        absent = [(c, s) for c in sorted(COLOURS) for s in SHAPES if (c, s) not in drawn]
+        scenes.append(_Scene(index, image, background, drawn, rng.choice(absent)))
     return scenes
 
 
@@ -498,9 +499,9 @@ def score_predictions(task: str, predictions: list[str], samples: list[Sample]) 
     if len(predictions) != len(samples):
         raise DataError(f"{len(predictions)} predictions for {len(samples)} samples; give one per sample")
     if task == "caption":
-        pairs = [(p or "", s.references) for p, s in zip(predictions, samples) if s.references]
+        pairs = [(p or "", s.references) for p, s in zip(predictions, samples, strict=True) if s.references]
         return metrics.cider([p for p, _ in pairs], [r for _, r in pairs]) if pairs else {}
-    pairs = [(p or "", s.answer) for p, s in zip(predictions, samples) if s.answer is not None]
+    pairs = [(p or "", s.answer) for p, s in zip(predictions, samples, strict=True) if s.answer is not None]
     if not pairs:
         return {}
     scorer = {"multiple_choice": metrics.choice_scores, "yes_no": metrics.yes_no_scores, "open": metrics.open_scores}[task]

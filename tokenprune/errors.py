@@ -1,4 +1,15 @@
-"""Exceptions raised by tokenprune. Every one names what was wrong and what is allowed."""
+"""Exceptions raised by tokenprune. Every one names what was wrong and what is allowed.
+
+Also the one formatter of pydantic validation errors (`validation_problems`), so that configs, strategy
+parameters and adapter options word a bad field the same way. Nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class TokenpruneError(Exception):
@@ -45,3 +56,40 @@ class DataError(TokenpruneError, ValueError):
 
 class PluginWarning(UserWarning):
     """A plugin that could not be loaded or registered something invalid; the other plugins still work."""
+
+
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as a path: ('strategies', 2, 'ratio') -> 'strategies[2].ratio'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def validation_problems(
+    exc: ValidationError,
+    *,
+    prefix: tuple = (),
+    top_level: str = "(top level)",
+    show_input: Literal["after", "inline"] | None = "after",
+) -> list[str]:
+    """One line per error of `exc`, naming the field by its path (`field_path(prefix + loc)`).
+
+    An error without a location (a model-level validator) is named `top_level`. A key the model does not
+    have reads "unknown key"; any other error gives pydantic's message. The value given is shown, except
+    for a missing or an unknown key: `show_input="after"` -> "ratio: <message> (got 1.5)",
+    `"inline"` -> "ratio=1.5: <message>", None -> "ratio: <message>".
+    """
+    problems = []
+    for err in exc.errors():
+        where = field_path(tuple(prefix) + tuple(err["loc"])) or top_level
+        unknown = err["type"] == "extra_forbidden"
+        message = "unknown key" if unknown else err["msg"]
+        shown = show_input is not None and "input" in err and not unknown and err["type"] != "missing"
+        if shown and show_input == "inline":
+            problems.append(f"{where}={err['input']!r}: {message}")
+        elif shown:
+            problems.append(f"{where}: {message} (got {err['input']!r})")
+        else:
+            problems.append(f"{where}: {message}")
+    return problems

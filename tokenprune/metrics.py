@@ -18,7 +18,7 @@ def agreement(tokens: list[int], reference: list[int]) -> float:
     length = max(len(tokens), len(reference))
     if length == 0:
         return 1.0
-    return sum(a == b for a, b in zip(tokens, reference)) / length
+    return sum(a == b for a, b in zip(tokens, reference, strict=False)) / length  # extra positions differ
 
 
 def first_token_kl(logits: torch.Tensor, reference: torch.Tensor) -> float:
@@ -62,7 +62,7 @@ def choice_scores(predictions: Sequence[str], letters: Sequence[str]) -> dict[st
     """Multiple choice: accuracy of the parsed letter against the gold letter, and how often one parsed."""
     parsed = [parse_letter(p) for p in predictions]
     n = len(parsed)
-    correct = sum(p == g.strip().upper() for p, g in zip(parsed, letters))
+    correct = sum(p == g.strip().upper() for p, g in zip(parsed, letters, strict=True))
     return {"n": n, "accuracy": correct / n, "parse_rate": sum(p is not None for p in parsed) / n}
 
 
@@ -74,9 +74,9 @@ def yes_no_scores(predictions: Sequence[str], answers: Sequence[str]) -> dict[st
     parsed = [parse_yes_no(p) for p in predictions]
     gold = [a.strip().lower() for a in answers]
     n = len(parsed)
-    tp = sum(p == "yes" and g == "yes" for p, g in zip(parsed, gold))
-    fp = sum(p == "yes" and g != "yes" for p, g in zip(parsed, gold))
-    fn = sum(p != "yes" and g == "yes" for p, g in zip(parsed, gold))
+    tp = sum(p == "yes" and g == "yes" for p, g in zip(parsed, gold, strict=True))
+    fp = sum(p == "yes" and g != "yes" for p, g in zip(parsed, gold, strict=True))
+    fn = sum(p != "yes" and g == "yes" for p, g in zip(parsed, gold, strict=True))
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
     if precision is None or recall is None:
@@ -84,7 +84,7 @@ def yes_no_scores(predictions: Sequence[str], answers: Sequence[str]) -> dict[st
     else:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "n": n, "accuracy": sum(p == g for p, g in zip(parsed, gold)) / n, "precision": precision,
+        "n": n, "accuracy": sum(p == g for p, g in zip(parsed, gold, strict=True)) / n, "precision": precision,
         "recall": recall, "f1": f1, "yes_ratio": parsed.count("yes") / n,
         "parse_rate": sum(p is not None for p in parsed) / n,
     }
@@ -97,8 +97,8 @@ def open_scores(predictions: Sequence[str], answers: Sequence[str]) -> dict[str,
     n = len(pred)
     return {
         "n": n,
-        "accuracy": sum(p == g for p, g in zip(pred, gold)) / n,
-        "contains": sum(f" {g} " in f" {p} " for p, g in zip(pred, gold)) / n,
+        "accuracy": sum(p == g for p, g in zip(pred, gold, strict=True)) / n,
+        "contains": sum(f" {g} " in f" {p} " for p, g in zip(pred, gold, strict=True)) / n,
     }
 
 

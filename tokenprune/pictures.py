@@ -293,7 +293,7 @@ def kept_tokens_figure(
     )
     if title:
         fig.suptitle(title, fontsize=10)
-    for run, ((label, report), per_layer) in enumerate(zip(runs, masks)):
+    for run, ((label, report), per_layer) in enumerate(zip(runs, masks, strict=True)):
         rows = slice(run * per_run, (run + 1) * per_run)
         ax = fig.add_subplot(spec[rows, 0])
         ax.imshow(shown)
@@ -307,7 +307,7 @@ def kept_tokens_figure(
         for column, layer in enumerate(layers, start=1):
             if layer not in per_layer:
                 continue  # this strategy does not cut here: a blank cell
-            for v, (grid, view, mask) in enumerate(zip(grids, views, per_layer[layer])):
+            for v, (grid, view, mask) in enumerate(zip(grids, views, per_layer[layer], strict=True)):
                 ax = fig.add_subplot(spec[run * per_run + v, column])
                 cell_px = lay.unit * lay.heights[v] * DPI / grid.rows
                 _draw_grid(ax, view, grid, mask, cell_px)

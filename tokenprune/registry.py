@@ -8,7 +8,6 @@ took) becomes a `PluginProblem` naming it, shown as a `PluginWarning`, while eve
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -27,15 +26,9 @@ from .interfaces import (
     StrategyFactory,
 )
 
-# Registered exactly as their entry points in pyproject.toml say; used directly only when tokenprune runs
-# from a source tree that was never installed (so its entry points do not exist). Loaded first, so a
-# third-party plugin cannot take a built-in name.
-BUILTIN_PLUGINS = {
-    "builtin_strategies": "tokenprune.strategies",
-    "llava": "tokenprune.adapters.llava",
-    "llava_next": "tokenprune.adapters.llava_next",
-}
-NOT_INSTALLED = "tokenprune (source tree, not installed)"
+#: entry-point names of tokenprune's own plugins (as in pyproject.toml): registered before any other
+#: plugin, so a third-party plugin cannot take a built-in name
+BUILTIN_PLUGINS = frozenset({"builtin_strategies", "llava", "llava_next"})
 
 #: kind (as used in configs and `tokenprune list`) -> (hook, the class every item must be)
 KINDS: dict[str, tuple[str, type]] = {
@@ -121,10 +114,6 @@ def _register_all(pm: pluggy.PluginManager, registry: Registry, extra: dict) -> 
             continue
         if _register(pm, registry, ep.name, plugin, dist):
             dists[ep.name] = dist
-    for name, module in BUILTIN_PLUGINS.items():
-        if name not in dists:
-            _register(pm, registry, name, importlib.import_module(module), NOT_INSTALLED)
-            dists[name] = NOT_INSTALLED
     for name, plugin in extra.items():
         if _register(pm, registry, name, plugin, "(registered in code)"):
             dists[name] = "(registered in code)"
@@ -216,11 +205,6 @@ def adapters(registry: Registry | None = None) -> list[ModelAdapter]:
 
 def strategy_factory(name: str, registry: Registry | None = None) -> StrategyFactory:
     return (registry or current()).get("strategy", name)
-
-
-def part_factory(kind: str, name: str, registry: Registry | None = None) -> ComponentFactory:
-    """The factory of a score provider / layer schedule / cache decay (`kind` "score" / "schedule" / "decay")."""
-    return (registry or current()).get(kind, name)
 
 
 def adapter_for(model) -> ModelAdapter:

@@ -11,6 +11,8 @@ Rules (shared by the demo and the benchmarks):
 - results are always shown as ratios to the baseline measured here. On CPU, absolute times of small
   models mean little (Python overhead dominates); the ratios are what to read.
 
+`machine(device)` describes what the timings ran on, for every results file that holds timings.
+
 `measure` is generic: it takes (name, context-manager factory) pairs and a callable that runs one
 generation, so it times anything that can be switched on with a `with` block.
 """
@@ -18,13 +20,18 @@ generation, so it times anything that can be switched on with a `with` block.
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .ratios import ratio
 
 #: a method to time: its display name and a factory of the context manager that switches it on
 Method = tuple[str, Callable[[], ContextManager[Any]]]
@@ -88,18 +95,15 @@ class Timing:
         }
 
 
-def _ratio(value: float, baseline: float) -> float:
-    return value / baseline if baseline > 0 else float("nan")
-
-
 def ratios(timings: dict[str, Timing], baseline: str = "baseline") -> dict[str, dict[str, float]]:
-    """Per method: ttft_ratio, decode_ratio, end_to_end_ratio vs the method named `baseline`."""
+    """Per method: ttft_ratio, decode_ratio, end_to_end_ratio vs the method named `baseline`
+    (`tokenprune.ratios.ratio`: 1.0 when neither decoded, one token each)."""
     base = timings[baseline]
     return {
         name: {
-            "ttft_ratio": _ratio(t.ttft, base.ttft),
-            "decode_ratio": _ratio(t.decode_per_token, base.decode_per_token),
-            "end_to_end_ratio": _ratio(t.end_to_end, base.end_to_end),
+            "ttft_ratio": ratio(t.ttft, base.ttft),
+            "decode_ratio": ratio(t.decode_per_token, base.decode_per_token),
+            "end_to_end_ratio": ratio(t.end_to_end, base.end_to_end),
         }
         for name, t in timings.items()
     }
@@ -168,3 +172,36 @@ def measure(
                 if on_step:
                     on_step(f"repeat {r + 1}/{repeats}: {name}")
     return timings
+
+
+# ------------------------------------------------------------------------------------------ machine
+def _cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict:
+    """What measured timings ran on: platform, python, torch, device, cpu, cpu_count, threads, and gpu on CUDA.
+
+    Every results file that holds timings records this (`tokenprune compare` as this dict, `tokenprune bench`
+    and the benchmark scripts as its one line, `machine_text`)."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device), "cpu": _cpu_name(),
+            "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def machine_text(device: torch.device) -> str:
+    """`machine(device)` in one line: "[gpu, ]cpu, N threads, torch X"."""
+    info = machine(device)
+    text = f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}"
+    return f"{info['gpu']}, {text}" if "gpu" in info else text

@@ -66,6 +66,15 @@ class PruningSession:
         self._entry_params = [p.name for p in signature if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     @property
+    def num_layers(self) -> int:
+        return len(self.backbone.layers)
+
+    @property
+    def active(self) -> bool:
+        """True while the context is entered (its hooks are on the model)."""
+        return bool(self._handles)
+
+    @property
     def report(self) -> Report:
         """Report of the latest prefill+generation in this context (empty before any)."""
         return self.reports[-1] if self.reports else Report.empty(self.strategy.describe())
