@@ -235,12 +235,12 @@ class ModelAdapter(ABC):
         """A copy of this adapter with validated `options` (InvalidParameterError names the allowed ones)."""
         from pydantic import ValidationError
 
-        from .errors import InvalidParameterError
+        from .errors import InvalidParameterError, validation_problems
 
         try:
             validated = self.Options(**{**self.options.model_dump(), **options})
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(validation_problems(exc, top_level="(options)", show_input=None))
             allowed = ", ".join(self.Options.model_fields) or "none"
             raise InvalidParameterError(
                 f"invalid options for adapter '{self.name}': {problems} (options of '{self.name}': {allowed})"
@@ -286,16 +286,12 @@ class ComponentFactory:
         """The validated parameter model; InvalidParameterError names each bad field and the allowed ones."""
         from pydantic import ValidationError
 
-        from .errors import InvalidParameterError
+        from .errors import InvalidParameterError, validation_problems
 
         try:
             return self.params(**params)
         except ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                field_name = ".".join(str(p) for p in err["loc"]) or "(parameters)"
-                given = f"={err['input']!r}" if "input" in err and err["type"] != "missing" else ""
-                problems.append(f"{field_name}{given}: {err['msg']}")
+            problems = validation_problems(exc, top_level="(parameters)", show_input="inline")
             allowed = ", ".join(self.params.model_fields) or "none"
             raise InvalidParameterError(
                 f"invalid parameters for {self.kind} '{self.name}': " + "; ".join(problems)

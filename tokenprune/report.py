@@ -25,10 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .backbones import DecoderShape
-
-
-def _ratio(value: float, baseline: float) -> float:
-    return value / baseline if baseline else 1.0
+from .ratios import ratio
 
 
 @dataclass
@@ -195,12 +192,12 @@ class Report:
             "decode": decode,
             "baseline_prefill": baseline_prefill,
             "baseline_decode": baseline_decode,
-            "prefill_ratio": _ratio(prefill, baseline_prefill),
-            "decode_ratio": _ratio(decode, baseline_decode),
-            "total_ratio": _ratio(prefill + decode, baseline_prefill + baseline_decode),
+            "prefill_ratio": ratio(prefill, baseline_prefill),
+            "decode_ratio": ratio(decode, baseline_decode),
+            "total_ratio": ratio(prefill + decode, baseline_prefill + baseline_decode),
             "scoring_prefill": self.scoring_flops["prefill"],
             "scoring_decode": self.scoring_flops["decode"],
-            "fastv_formula": {"prefill": fastv, "baseline_prefill": fastv_base, "prefill_ratio": _ratio(fastv, fastv_base)},
+            "fastv_formula": {"prefill": fastv, "baseline_prefill": fastv_base, "prefill_ratio": ratio(fastv, fastv_base)},
         }
 
     # ------------------------------------------------------------------------------------ KV bytes
@@ -227,8 +224,8 @@ class Report:
                 "mean": mean,
                 "baseline_peak": base_peak,
                 "baseline_mean": base_mean,
-                "peak_ratio": _ratio(peak, base_peak),
-                "mean_ratio": _ratio(mean, base_mean),
+                "peak_ratio": ratio(peak, base_peak),
+                "mean_ratio": ratio(mean, base_mean),
                 "per_step": values,
             }
 
