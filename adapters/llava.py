@@ -27,7 +27,8 @@ def check_vision_tower(model: torch.nn.Module) -> None:
 
 
 def placeholder_mask(model: torch.nn.Module, kwargs: dict, image_token_id: int) -> torch.Tensor:
-    """(B, L) image placeholders, from input_ids or (when only embeddings are given) by value, as transformers finds them."""
+    """(B, L) image placeholders, from input_ids or (when only embeddings are given) by value, as transformers
+    finds them."""
     input_ids = kwargs.get("input_ids")
     if input_ids is not None:
         return input_ids == image_token_id

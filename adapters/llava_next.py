@@ -63,7 +63,11 @@ class LlavaNextAdapter(LlavaAdapter):
         sizes = torch.as_tensor(image_sizes).cpu()
         per_crop = tokens_per_crop(model, kwargs)
         dummy = [
-            torch.zeros(image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size), per_crop, 1)
+            torch.zeros(
+                image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size),
+                per_crop,
+                1,
+            )
             for size in sizes
         ]
         select = kwargs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy

@@ -44,7 +44,9 @@ except ImportError:  # an older checkout, for a before/after comparison: its ben
 
 # The LLaVA-1.5-7B depth and token layout (32 layers, 576 visual + 63 text tokens) at a width where a CPU
 # step is host-bound the way a GPU batch-1 decode step is: operation counts equal the 7B shape's.
-NARROW_7B = Size("narrow-7b", TinySpec(layers=32, hidden=128, heads=4, kv_heads=4, intermediate=256, vocab=512, grid=24))
+NARROW_7B = Size(
+    "narrow-7b", TinySpec(layers=32, hidden=128, heads=4, kv_heads=4, intermediate=256, vocab=512, grid=24)
+)
 SHAPES = {**SIZES, NARROW_7B.name: NARROW_7B}
 
 
@@ -95,8 +97,13 @@ def count_ops(model, data, factory, new_tokens: int) -> dict:
 
 def revision() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(tp.__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(tp.__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -119,8 +126,14 @@ def main() -> None:
     ]
 
     def generate(n: int, stopping_criteria) -> None:
-        model.generate(**data, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
-                       stopping_criteria=stopping_criteria)
+        model.generate(
+            **data,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            num_beams=1,
+            stopping_criteria=stopping_criteria,
+        )
 
     ops = {label: count_ops(model, data, factory, args.new_tokens) for label, factory in methods}
     timings = timing.measure(methods, generate, args.new_tokens + 1, repeats=args.repeats, warmup=1)
@@ -135,14 +148,17 @@ def main() -> None:
             "extra_prefill_ops": extra_prefill,
             "extra_decode_ops_per_step": extra_decode,
             "extra_prefill_host_reads": counts["prefill_host_reads"] - base["prefill_host_reads"],
-            "extra_decode_host_reads_per_step": counts["decode_host_reads_per_step"] - base["decode_host_reads_per_step"],
+            "extra_decode_host_reads_per_step": counts["decode_host_reads_per_step"]
+            - base["decode_host_reads_per_step"],
             **ratios[label],
             "ttft_ms": timings[label].ttft * 1e3,
             "decode_ms_per_token": timings[label].decode_per_token * 1e3,
         }
-        print(f"{label:28s} extra ops: prefill {extra_prefill:+5d}, decode step {extra_decode:+7.1f}"
-              f" ({extra_decode / layers:+6.2f} per layer)   decode ratio {ratios[label]['decode_ratio']:.3f}"
-              f"  TTFT ratio {ratios[label]['ttft_ratio']:.3f}")
+        print(
+            f"{label:28s} extra ops: prefill {extra_prefill:+5d}, decode step {extra_decode:+7.1f}"
+            f" ({extra_decode / layers:+6.2f} per layer)   decode ratio {ratios[label]['decode_ratio']:.3f}"
+            f"  TTFT ratio {ratios[label]['ttft_ratio']:.3f}"
+        )
     result = {
         "size": size.name,
         "layers": layers,
@@ -155,7 +171,7 @@ def main() -> None:
         "revision": revision(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": f"python benchmarks/decode_overhead.py --size {size.name} --new-tokens {args.new_tokens} "
-                   f"--repeats {args.repeats} --device {args.device}",
+        f"--repeats {args.repeats} --device {args.device}",
         "rows": rows,
         "timings": {name: t.to_dict() for name, t in timings.items()},
     }

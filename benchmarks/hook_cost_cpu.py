@@ -51,8 +51,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     model, data = build(SIZES["cpu-medium"], 1, torch.device("cpu"), torch.float32)
-    cases = {"hooks only (fastv ratio=0)": {"name": "fastv", "ratio": 0.0}, "fastv": {"name": "fastv"},
-             "st3": {"name": "st3"}, "st3 ratio=0.1": {"name": "st3", "ratio": 0.1}}
+    cases = {
+        "hooks only (fastv ratio=0)": {"name": "fastv", "ratio": 0.0},
+        "fastv": {"name": "fastv"},
+        "st3": {"name": "st3"},
+        "st3 ratio=0.1": {"name": "st3", "ratio": 0.1},
+    }
     results = {}
     with torch.inference_mode():
         model(**data)  # warm-up
@@ -67,9 +71,14 @@ def main() -> None:
                     profile.disable()
                     walls.append(time.perf_counter() - start)
                 shares.append(tokenprune_seconds(profile) / walls[-1])
-            results[label] = {"tokenprune_share_median": statistics.median(shares), "tokenprune_share_all": shares,
-                              "prefill_s_median_profiled": statistics.median(walls)}
-            print(f"{label}: {statistics.median(shares):.2%} of the prefill in tokenprune's hooks and cache", flush=True)
+            results[label] = {
+                "tokenprune_share_median": statistics.median(shares),
+                "tokenprune_share_all": shares,
+                "prefill_s_median_profiled": statistics.median(walls),
+            }
+            print(
+                f"{label}: {statistics.median(shares):.2%} of the prefill in tokenprune's hooks and cache", flush=True
+            )
     out = {
         "machine": machine_text(torch.device("cpu")),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

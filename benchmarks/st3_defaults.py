@@ -21,10 +21,24 @@ import tokenprune as tp
 from tokenprune.tiny import TinySpec, build_model, make_inputs
 
 SHAPES = {
-    "llava-1.5-7b": dict(layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
-                         head_dim=128, vocab_size=32064),
-    "llava-1.5-13b": dict(layers=40, hidden_size=5120, intermediate_size=13824, num_heads=40, num_kv_heads=40,
-                          head_dim=128, vocab_size=32064),
+    "llava-1.5-7b": dict(
+        layers=32,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_heads=32,
+        num_kv_heads=32,
+        head_dim=128,
+        vocab_size=32064,
+    ),
+    "llava-1.5-13b": dict(
+        layers=40,
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_heads=40,
+        num_kv_heads=40,
+        head_dim=128,
+        vocab_size=32064,
+    ),
 }
 TEXT_BEFORE, TEXT_AFTER, NEW_TOKENS = 35, 28, 128  # 1 bos + 35 + 576 + 28 = 640 prompt tokens
 
@@ -62,8 +76,15 @@ def main() -> None:
     # 2) decay on top of the chosen schedule, over a 128-token generation
     defaults = tp.resolve_strategy("st3").params
     for f in [0.0, 0.1, 0.2, 0.3, 0.5, 1.0]:
-        report = run(32, "st3", NEW_TOKENS, start_layer=defaults.start_layer, stride=defaults.stride,
-                     ratio=defaults.ratio, final_fraction=f)
+        report = run(
+            32,
+            "st3",
+            NEW_TOKENS,
+            start_layer=defaults.start_layer,
+            stride=defaults.stride,
+            ratio=defaults.ratio,
+            final_fraction=f,
+        )
         out["vta_grid"].append({"final_fraction": f, **priced(report, "llava-1.5-7b")})
     # 3) the defaults, and the baselines, on both shapes
     out["defaults"] = defaults.model_dump()

@@ -65,9 +65,15 @@ class LinearDecay(Annealing):
 
 # --------------------------------------------------------------------------------- registrable by name
 class AnnealingParams(StrategyParams):
-    final_fraction: float = Field(0.2, ge=0.0, le=1.0, description="fraction of each layer's visual KV left at the horizon")
-    horizon: int | None = Field(None, ge=1, description="decode steps of the decay; None = the generate call's max_new_tokens")
-    evict_every: int = Field(8, ge=1, description="evicted entries are masked at once and compacted every this many steps")
+    final_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="fraction of each layer's visual KV left at the horizon"
+    )
+    horizon: int | None = Field(
+        None, ge=1, description="decode steps of the decay; None = the generate call's max_new_tokens"
+    )
+    evict_every: int = Field(
+        8, ge=1, description="evicted entries are masked at once and compacted every this many steps"
+    )
 
 
 def _annealing(cls):

@@ -15,8 +15,9 @@ class FastVParams(StrategyParams):
     k: int = Field(2, ge=1, description="first layer that sees the reduced visual set (scores from layer k-1)")
     ratio: float = Field(0.5, ge=0.0, le=1.0, description="fraction of visual tokens removed at layer k")
     query: Literal["last", "text_mean"] = Field(
-        "last", description="'last': attention of the last prompt token (official code); "
-        "'text_mean': mean over text queries after the image (paper)"
+        "last",
+        description="'last': attention of the last prompt token (official code); "
+        "'text_mean': mean over text queries after the image (paper)",
     )
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import Field
-
 import torch
+from pydantic import Field
 
 from tokenprune.errors import InvalidParameterError
 from tokenprune.interfaces import LayerSchedule, ScheduleFactory, StrategyParams
@@ -88,15 +87,20 @@ class ProgressiveParams(StrategyParams):
 
 SCHEDULES = [
     ScheduleFactory(
-        "single_cut", SingleCutParams, lambda p: SingleCut(layer=p.layer, ratio=p.ratio, param="layer"),
+        "single_cut",
+        SingleCutParams,
+        lambda p: SingleCut(layer=p.layer, ratio=p.ratio, param="layer"),
         "one cut at `layer` keeping round(N * (1 - ratio)) visual tokens (FastV)",
     ),
     ScheduleFactory(
-        "withdraw", WithdrawParams, lambda p: SingleCut(layer=p.layer, ratio=1.0, param="layer", min_layer=0),
+        "withdraw",
+        WithdrawParams,
+        lambda p: SingleCut(layer=p.layer, ratio=1.0, param="layer", min_layer=0),
         "every visual token leaves at `layer` (VTW); needs no score provider",
     ),
     ScheduleFactory(
-        "progressive", ProgressiveParams,
+        "progressive",
+        ProgressiveParams,
         lambda p: ProgressiveCuts(start_layer=p.start_layer, stride=p.stride, ratio=p.ratio),
         "cuts at start_layer, start_layer + stride, ... each removing `ratio` of what is left (ST3's PVTP)",
     ),

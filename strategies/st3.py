@@ -20,11 +20,17 @@ class ST3Params(StrategyParams):
     stride: int = Field(3, ge=1, description="layers between PVTP cuts")
     ratio: float = Field(0.2, ge=0.0, le=1.0, description="fraction of the still-present visual tokens removed per cut")
     decay: Literal["cosine", "linear", "none"] = Field("cosine", description="VTA schedule of the visual KV cache")
-    final_fraction: float = Field(0.2, ge=0.0, le=1.0, description="fraction of each layer's visual KV left at the horizon")
-    horizon: int | None = Field(None, ge=1, description="decode steps of the decay; None = the generate call's max_new_tokens")
+    final_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="fraction of each layer's visual KV left at the horizon"
+    )
+    horizon: int | None = Field(
+        None, ge=1, description="decode steps of the decay; None = the generate call's max_new_tokens"
+    )
     evict_every: int = Field(
-        8, ge=1, description="evicted KV entries are masked at once and physically removed every this many steps "
-        "(batches the copies; outputs do not depend on it)"
+        8,
+        ge=1,
+        description="evicted KV entries are masked at once and physically removed every this many steps "
+        "(batches the copies; outputs do not depend on it)",
     )
 
 

@@ -21,16 +21,21 @@ LAYERS = 6
 STRATEGY_CASES = [
     pytest.param("fastv", dict(k=2, ratio=0.5), RefMethod("fastv", k=2, ratio=0.5), id="fastv-last"),
     pytest.param(
-        "fastv", dict(k=1, ratio=0.7, query="text_mean"), RefMethod("fastv", k=1, ratio=0.7, query="text_mean"),
+        "fastv",
+        dict(k=1, ratio=0.7, query="text_mean"),
+        RefMethod("fastv", k=1, ratio=0.7, query="text_mean"),
         id="fastv-text_mean",
     ),
     pytest.param("vtw", dict(k=3), RefMethod("vtw", k=3), id="vtw"),
     pytest.param(
-        "st3", dict(), RefMethod("st3", start_layer=2, stride=3, ratio=0.2, decay="cosine", final_fraction=0.2),
+        "st3",
+        dict(),
+        RefMethod("st3", start_layer=2, stride=3, ratio=0.2, decay="cosine", final_fraction=0.2),
         id="st3-defaults",
     ),
     pytest.param(
-        "st3", dict(start_layer=1, stride=1, ratio=0.4, decay="linear", final_fraction=0.2, horizon=6),
+        "st3",
+        dict(start_layer=1, stride=1, ratio=0.4, decay="linear", final_fraction=0.2, horizon=6),
         RefMethod("st3", start_layer=1, stride=1, ratio=0.4, decay="linear", final_fraction=0.2, horizon=6),
         id="st3-linear",
     ),
@@ -77,7 +82,10 @@ def sample_of(batch: dict, b: int, images: list[int]) -> dict:
     """Sample b of a left-padded batch, unpadded, with its own images (`images[i]`: images of sample i)."""
     row = batch["attention_mask"][b].bool()
     first = sum(images[:b])
-    single = {"input_ids": batch["input_ids"][b : b + 1, row], "attention_mask": batch["attention_mask"][b : b + 1, row]}
+    single = {
+        "input_ids": batch["input_ids"][b : b + 1, row],
+        "attention_mask": batch["attention_mask"][b : b + 1, row],
+    }
     if images[b]:
         single["pixel_values"] = batch["pixel_values"][first : first + images[b]]
         if "image_sizes" in batch:
@@ -109,6 +117,11 @@ def reference_prunable(model, data: dict, prune_newlines: bool = False) -> torch
 def greedy(model, batch: dict, steps: int, **kwargs):
     with torch.no_grad():
         return model.generate(
-            **batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-            output_logits=True, return_dict_in_generate=True, **kwargs,
+            **batch,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **kwargs,
         )

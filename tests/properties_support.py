@@ -57,13 +57,13 @@ def generate_turns(model, data: dict, steps: int, further: tuple):
     chat does: input_ids = everything so far + the turn, the previous call's past_key_values).
     Returns (generated tokens (B, all steps), raw logits per step, last output)."""
     out = generate(model, data, steps)
-    tokens, logits = [out.sequences[:, data["input_ids"].shape[1]:]], list(out.logits)
+    tokens, logits = [out.sequences[:, data["input_ids"].shape[1] :]], list(out.logits)
     mask, previous = data["attention_mask"], steps
     for turn in further:
         ids = torch.cat([out.sequences, turn.ids], 1)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], previous), turn.mask.to(mask.dtype)], 1)
         out = generate(model, dict(input_ids=ids, attention_mask=mask, past_key_values=out.past_key_values), turn.steps)
-        tokens.append(out.sequences[:, ids.shape[1]:])
+        tokens.append(out.sequences[:, ids.shape[1] :])
         logits += list(out.logits)
         previous = turn.steps
     return torch.cat(tokens, 1), logits, out
@@ -125,8 +125,12 @@ class Case:
     def inputs(self) -> dict:
         sizes = None if self.sizes is None else [list(s) for s in self.sizes]
         return make_inputs(
-            self.spec, list(self.before), list(self.after), seed=self.input_seed,
-            images=list(self.images), image_sizes=sizes,
+            self.spec,
+            list(self.before),
+            list(self.after),
+            seed=self.input_seed,
+            images=list(self.images),
+            image_sizes=sizes,
         )
 
 
@@ -160,8 +164,15 @@ def image_size(draw, side: int) -> tuple[int, int]:
 
 
 @st.composite
-def cases(draw, attn: str | None = None, min_batch: int = 1, max_batch: int = 4, min_steps: int = 1,
-          max_steps: int = MAX_STEPS, text_only: bool = False) -> Case:
+def cases(
+    draw,
+    attn: str | None = None,
+    min_batch: int = 1,
+    max_batch: int = 4,
+    min_steps: int = 1,
+    max_steps: int = MAX_STEPS,
+    text_only: bool = False,
+) -> Case:
     spec = draw(specs(attn))
     bsz = draw(st.integers(min_batch, max_batch))
     before = draw(st.lists(st.integers(0, 10), min_size=bsz, max_size=bsz))
@@ -198,8 +209,9 @@ def strategies(draw, layers: int, names=("fastv", "vtw", "st3")) -> tuple[str, d
     """A strategy name and a full, valid parameter dict (inside the pydantic ranges, fitting `layers`)."""
     name = draw(st.sampled_from(names))
     if name == "fastv":
-        return name, dict(k=draw(st.integers(1, layers)), ratio=draw(RATIOS),
-                          query=draw(st.sampled_from(["last", "text_mean"])))
+        return name, dict(
+            k=draw(st.integers(1, layers)), ratio=draw(RATIOS), query=draw(st.sampled_from(["last", "text_mean"]))
+        )
     if name == "vtw":
         return name, dict(k=draw(st.integers(0, layers)))
     return name, dict(
@@ -225,8 +237,19 @@ def zero_removal(draw, layers: int, max_visual: int) -> tuple[str, dict]:
     st3_rest = dict(
         stride=st.integers(1, layers), horizon=st.one_of(st.none(), st.integers(1, 10)), evict_every=st.integers(1, 9)
     )
-    kind = draw(st.sampled_from(["fastv-ratio0", "fastv-tiny", "fastv-k=layers", "vtw-k=layers", "st3-ratio0",
-                                 "st3-tiny", "st3-start=layers"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "fastv-ratio0",
+                "fastv-tiny",
+                "fastv-k=layers",
+                "vtw-k=layers",
+                "st3-ratio0",
+                "st3-tiny",
+                "st3-start=layers",
+            ]
+        )
+    )
     query = st.sampled_from(["last", "text_mean"])
     if kind.startswith("fastv"):
         k = layers if kind == "fastv-k=layers" else draw(st.integers(1, layers))
@@ -246,8 +269,13 @@ def ref_method(name: str, params: dict) -> RefMethod:
     if name == "vtw":
         return RefMethod("vtw", k=params["k"])
     return RefMethod(
-        "st3", start_layer=params["start_layer"], stride=params["stride"], ratio=params["ratio"],
-        decay=params["decay"], final_fraction=params["final_fraction"], horizon=params["horizon"],
+        "st3",
+        start_layer=params["start_layer"],
+        stride=params["stride"],
+        ratio=params["ratio"],
+        decay=params["decay"],
+        final_fraction=params["final_fraction"],
+        horizon=params["horizon"],
     )
 
 
@@ -339,21 +367,31 @@ def assert_same_generation(a_logits, a_tokens, b_logits, b_tokens, pairs, atol: 
 
 # ----------------------------------------------------------------------------------------------- model state
 HOOK_DICTS = (
-    "_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
-    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
 )
 GLOBAL_HOOKS = (
-    "_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_pre_hooks", "_global_backward_hooks",
-    "_global_forward_hooks_always_called", "_global_forward_hooks_with_kwargs",
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_backward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_forward_hooks_always_called",
+    "_global_forward_hooks_with_kwargs",
 )
 
 
 def hooks(model) -> dict:
     """Every hook registered on every module (and torch's global module hooks), by identity."""
-    out = {
-        name: {attr: list(getattr(m, attr, {}).items()) for attr in HOOK_DICTS} for name, m in model.named_modules()
-    }
+    out = {name: {attr: list(getattr(m, attr, {}).items()) for attr in HOOK_DICTS} for name, m in model.named_modules()}
     module = torch.nn.modules.module
     out["<global>"] = {attr: list(getattr(module, attr, {}).items()) for attr in GLOBAL_HOOKS}
     return out

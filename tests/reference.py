@@ -154,7 +154,7 @@ def reference_generate(
                 hidden = torch.cat([~visual | layer_present, torch.ones(bsz, keys - length, dtype=torch.bool)], 1)
                 causal = torch.ones(chunk, keys, dtype=torch.bool).tril(keys - chunk)
                 own = torch.zeros(chunk, keys, dtype=torch.bool)
-                own[:, keys - chunk:] = torch.eye(chunk, dtype=torch.bool)  # a padding query sees itself
+                own[:, keys - chunk :] = torch.eye(chunk, dtype=torch.bool)  # a padding query sees itself
                 allowed = ((seq_valid & hidden)[:, None, :] & causal[None]) | own[None]
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, minimum)[:, None]
             return args, {**kwargs, "attention_mask": mask}

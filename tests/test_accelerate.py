@@ -75,7 +75,8 @@ def eager(saved):
 def dispatched(saved, tmp_path_factory):
     per_layer = dispatch_model(_load(saved), device_map=_device_map(), force_hooks=True)
     disk = _load(
-        saved, device_map=_device_map(disk=tuple(OFFLOADED), lm_head="disk"),
+        saved,
+        device_map=_device_map(disk=tuple(OFFLOADED), lm_head="disk"),
         offload_folder=str(tmp_path_factory.mktemp("offload")),
     )
     return {"per_layer": per_layer, "disk": disk}

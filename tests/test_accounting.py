@@ -51,7 +51,9 @@ aten = torch.ops.aten
 # `_scaled_dot_product_flash_attention_for_cpu`, which it would silently count as 0. Register torch's own
 # (dense) sdpa formula for it, so sdpa and eager models are measured alike.
 CPU_SDPA = {
-    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *args, out_shape=None, **kw: sdpa_flop_count(q, k, v)
+    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *args, out_shape=None, **kw: sdpa_flop_count(
+        q, k, v
+    )
 }
 
 
@@ -101,8 +103,10 @@ def measure(model):
 
     def after_forward(module, args, kwargs, output):
         cache = output.past_key_values
-        got.kv_bytes.append(sum(t.numel() * t.element_size() for l in cache.layers for t in (l.keys, l.values)))
-        got.kv_entries.append([l.keys.shape[2] for l in cache.layers])
+        got.kv_bytes.append(
+            sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        )
+        got.kv_entries.append([layer.keys.shape[2] for layer in cache.layers])
         keys = cache.layers[0].keys
         got.per_entry = 2 * keys.shape[1] * keys.shape[3] * keys.element_size()
 
@@ -111,7 +115,10 @@ def measure(model):
         model.lm_head.register_forward_hook(stop),
         model.register_forward_hook(after_forward, with_kwargs=True),
     ]
-    handles += [l.self_attn.q_proj.register_forward_hook(lambda m, a, out: rows.append(out.shape[:2].numel())) for l in layers]
+    handles += [
+        layer.self_attn.q_proj.register_forward_hook(lambda m, a, out: rows.append(out.shape[:2].numel()))
+        for layer in layers
+    ]
     try:
         yield got
     finally:
@@ -144,7 +151,8 @@ def stale_attention(model, report: Report, got: Measured) -> int:
     seen = report.cache_entries_per_step
     return sum(
         4 * c.num_attention_heads * c.head_dim * (held - per_layer[0])
-        for step in range(1, len(seen)) for held, per_layer in zip(got.kv_entries[step], seen[step], strict=True)
+        for step in range(1, len(seen))
+        for held, per_layer in zip(got.kv_entries[step], seen[step], strict=True)
     )
 
 
@@ -158,7 +166,9 @@ def flop_errors(model, report: Report, got: Measured, baseline: Measured) -> dic
     return {
         "prefill": rel(flops["prefill"] + causal_to_dense(model, got.layer_tokens[0]), got.prefill),
         "decode": rel(flops["decode"] + stale_attention(model, report, got), got.decode),
-        "baseline_prefill": rel(flops["baseline_prefill"] + causal_to_dense(model, baseline.layer_tokens[0]), baseline.prefill),
+        "baseline_prefill": rel(
+            flops["baseline_prefill"] + causal_to_dense(model, baseline.layer_tokens[0]), baseline.prefill
+        ),
         "baseline_decode": rel(flops["baseline_decode"], baseline.decode),
     }
 

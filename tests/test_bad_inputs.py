@@ -28,7 +28,9 @@ def test_placeholders_without_pixel_values(family):
     before, before_hooks = greedy(model, data, 4), hooks(model)
     text = {k: data[k] for k in ("input_ids", "attention_mask")}
     with tp.prune(model, "st3"):
-        with pytest.raises(tp.UnsupportedInputError, match=r"image placeholder tokens \(image_token_id=511\) but no pixel_values"):
+        with pytest.raises(
+            tp.UnsupportedInputError, match=r"image placeholder tokens \(image_token_id=511\) but no pixel_values"
+        ):
             model.generate(**text, max_new_tokens=3)
         with pytest.raises(tp.UnsupportedInputError, match="no pixel_values"):
             model(**text)
@@ -44,11 +46,18 @@ def test_placeholder_count_not_matching_the_image_features(family, how):
     before, before_hooks = greedy(model, data, 4), hooks(model)
     ids = data["input_ids"]
     first = int((ids[0] == model.config.image_token_id).nonzero()[0])
-    short = {**data, "input_ids": torch.cat([ids[:, :first], ids[:, first + 1:]], 1),
-             "attention_mask": data["attention_mask"][:, 1:]}
+    short = {
+        **data,
+        "input_ids": torch.cat([ids[:, :first], ids[:, first + 1 :]], 1),
+        "attention_mask": data["attention_mask"][:, 1:],
+    }
     placeholders = int((short["input_ids"] == model.config.image_token_id).sum())
-    with tp.prune(model, "fastv"), pytest.raises(
-        tp.UnsupportedInputError, match=rf"{placeholders} image placeholder tokens.*1 image\(s\) give {placeholders + 1}"
+    with (
+        tp.prune(model, "fastv"),
+        pytest.raises(
+            tp.UnsupportedInputError,
+            match=rf"{placeholders} image placeholder tokens.*1 image\(s\) give {placeholders + 1}",
+        ),
     ):
         if how == "generate":
             model.generate(**short, max_new_tokens=2)
@@ -111,13 +120,25 @@ def test_bf16_zero_removal_is_bit_identical_and_pruning_runs(family):
 
 
 def test_other_vlm_family_names_the_supported_adapters():
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
 
     config = LlavaOnevisionConfig(
-        text_config=Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                num_attention_heads=2, num_key_value_heads=1),
-        vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, image_size=8, patch_size=2),
+        text_config=Qwen2Config(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
+        vision_config=SiglipVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=8, patch_size=2
+        ),
         image_token_id=63,
     )
     with pytest.raises(
@@ -132,8 +153,9 @@ def test_llava_with_a_variable_size_vision_tower_is_refused():
     from transformers import PixtralVisionConfig
 
     config = llava_config(TinySpec(layers=2))
-    config.vision_config = PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                               num_attention_heads=2, image_size=16, patch_size=2)
+    config.vision_config = PixtralVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=2
+    )
     from transformers import LlavaForConditionalGeneration
 
     with pytest.raises(tp.UnsupportedModelError, match="'pixtral' vision tower.*clip_vision_model"):

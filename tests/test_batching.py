@@ -24,7 +24,7 @@ def test_batch_equals_per_sample(attn, name, params, ref_method, family):
         single = sample_of(batch, b, [1, 1, 1])
         with tp.prune(model, name, **params) as run_b:
             ref = greedy(model, single, STEPS)
-        assert torch.equal(out.sequences[b, prompt:], ref.sequences[0, single["input_ids"].shape[1]:])
+        assert torch.equal(out.sequences[b, prompt:], ref.sequences[0, single["input_ids"].shape[1] :])
         for a, r in zip(out.logits, ref.logits, strict=True):
             torch.testing.assert_close(a[b], r[0], atol=1e-4, rtol=0)
         assert [layer[b] for layer in batch_report.prefill_visual_tokens] == [
@@ -47,4 +47,6 @@ def test_samples_without_image_in_a_batch_are_untouched():
     assert [layer[1] for layer in run.report.prefill_visual_tokens] == [0] * len(run.report.prefill_visual_tokens)
     text_only = {k: v[1:2, batch["attention_mask"][1].bool()] for k, v in batch.items() if k != "pixel_values"}
     ref = greedy(model, text_only, STEPS)
-    assert torch.equal(out.sequences[1, batch["input_ids"].shape[1]:], ref.sequences[0, text_only["input_ids"].shape[1]:])
+    assert torch.equal(
+        out.sequences[1, batch["input_ids"].shape[1] :], ref.sequences[0, text_only["input_ids"].shape[1] :]
+    )

@@ -21,7 +21,9 @@ def run(argv):
 
 
 def test_bench_writes_ratios_plot_and_targets(tmp_path):
-    code, text = run(["--size", "tiny", "--repeats", "1", "--new-tokens", "2", "--device", "cpu", "--out", str(tmp_path)])
+    code, text = run(
+        ["--size", "tiny", "--repeats", "1", "--new-tokens", "2", "--device", "cpu", "--out", str(tmp_path)]
+    )
     assert code == 0, text
     result = json.loads((tmp_path / "bench-tiny-b1.json").read_text())
     rows = result["rows"]
@@ -31,8 +33,15 @@ def test_bench_writes_ratios_plot_and_targets(tmp_path):
     hooks = rows["hooks only (fastv ratio=0)"]
     # removing nothing: exactly the baseline's FLOPs and KV (no scoring is done for ratio 0)
     assert hooks["prefill_flops_ratio"] == hooks["total_kv_mean_ratio"] == 1.0
-    assert rows["fastv ratio=0.75"]["prefill_flops_ratio"] < rows["fastv"]["prefill_flops_ratio"] < rows["fastv ratio=0.25"]["prefill_flops_ratio"] < 1
-    assert rows["st3"]["visual_kv_mean_ratio"] < rows["st3"]["prefill_flops_ratio"]  # VTA shrinks the cache while decoding
+    assert (
+        rows["fastv ratio=0.75"]["prefill_flops_ratio"]
+        < rows["fastv"]["prefill_flops_ratio"]
+        < rows["fastv ratio=0.25"]["prefill_flops_ratio"]
+        < 1
+    )
+    assert (
+        rows["st3"]["visual_kv_mean_ratio"] < rows["st3"]["prefill_flops_ratio"]
+    )  # VTA shrinks the cache while decoding
     assert all(r["peak_memory_bytes"] is None for r in rows.values())  # CPU: no allocator statistics, none claimed
     assert len(result["timings"]["baseline"]["ttft_s_all"]) == 1
     hook_cost = result["hook_cost"]
@@ -50,14 +59,21 @@ def test_scoring_comparison_writes_its_speedup(tmp_path):
     code, text = run(["--scoring", "--size", "tiny", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
     assert code == 0, text
     result = json.loads((tmp_path / "scoring-tiny.json").read_text())
-    assert set(result["ratios"]) == {"baseline", "fastv (sdpa, 1 recomputed row)", "fastv (full attention matrix at the scoring layer)"}
+    assert set(result["ratios"]) == {
+        "baseline",
+        "fastv (sdpa, 1 recomputed row)",
+        "fastv (full attention matrix at the scoring layer)",
+    }
     assert result["speedup_of_recomputed_scores"] > 0
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--size", "llava15-7b", "--device", "cpu"], "GPU size"),
-    (["--size", "tiny", "--new-tokens", "1", "--device", "cpu"], "--new-tokens must be >= 2"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--size", "llava15-7b", "--device", "cpu"], "GPU size"),
+        (["--size", "tiny", "--new-tokens", "1", "--device", "cpu"], "--new-tokens must be >= 2"),
+    ],
+)
 def test_bad_bench_arguments_exit_2(tmp_path, capsys, argv, expected):
     assert cli.main(["bench", *argv, "--out", str(tmp_path)]) == 2
     assert expected in capsys.readouterr().err
@@ -69,13 +85,29 @@ def test_gpu_targets_are_judged_from_the_rows():
     from tokenprune.bench import targets
 
     def row(strategy, **values):
-        base = dict(ttft_ratio=1.0, prefill_flops_ratio=1.0, decode_ratio=1.0, end_to_end_ratio=1.0,
-                    visual_kv_mean_ratio=1.0, kv_budget_batch_ratio=1.0)
+        base = dict(
+            ttft_ratio=1.0,
+            prefill_flops_ratio=1.0,
+            decode_ratio=1.0,
+            end_to_end_ratio=1.0,
+            visual_kv_mean_ratio=1.0,
+            kv_budget_batch_ratio=1.0,
+        )
         return {"strategy": strategy, **base, **values}
 
-    rows = {"baseline": row(None), "hooks only (fastv ratio=0)": row({"name": "fastv"}, ttft_ratio=1.05),
-            "st3": row({"name": "st3"}, ttft_ratio=0.45, prefill_flops_ratio=0.46, decode_ratio=1.02,
-                       visual_kv_mean_ratio=0.24, end_to_end_ratio=0.7, kv_budget_batch_ratio=1.6)}
+    rows = {
+        "baseline": row(None),
+        "hooks only (fastv ratio=0)": row({"name": "fastv"}, ttft_ratio=1.05),
+        "st3": row(
+            {"name": "st3"},
+            ttft_ratio=0.45,
+            prefill_flops_ratio=0.46,
+            decode_ratio=1.02,
+            visual_kv_mean_ratio=0.24,
+            end_to_end_ratio=0.7,
+            kv_budget_batch_ratio=1.6,
+        ),
+    }
     hooks = {"pairs": 5, "ratio_median": 1.005}  # judged from the paired prefills, not from the TTFT row
     gpu = torch.device("cuda")
     single = {t["target"]: t["met"] for t in targets(rows, hooks, gpu, "llava15-7b", 1)}

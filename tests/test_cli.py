@@ -216,17 +216,28 @@ def save_local_llava(directory) -> None:
     vocab = {w: i for i, w in enumerate(words)} | {"<image>": spec.vocab - 1}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                        unk_token="<unk>", pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
     side = spec.grid * 2
     image_processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     template = (
         "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
         "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:"
     )
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=2,
-                               vision_feature_select_strategy="default", chat_template=template,
-                               num_additional_image_tokens=1)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=2,
+        vision_feature_select_strategy="default",
+        chat_template=template,
+        num_additional_image_tokens=1,
+    )
     build_model(spec).save_pretrained(directory)
     processor.save_pretrained(directory)
 
@@ -238,8 +249,23 @@ def test_demo_on_local_weights_through_processor_and_chat_template(tmp_path):
     image = tmp_path / "cat.png"
     Image.new("RGB", (40, 30), (200, 120, 40)).save(image)
     report_file = tmp_path / "reports.json"
-    code, text = run_cli(["demo", "--model", str(tmp_path / "model"), "--image", str(image), "--prompt", "w1 w2 w3",
-                          "--max-new-tokens", "4", "--repeats", "1", "--json", str(report_file)])
+    code, text = run_cli(
+        [
+            "demo",
+            "--model",
+            str(tmp_path / "model"),
+            "--image",
+            str(image),
+            "--prompt",
+            "w1 w2 w3",
+            "--max-new-tokens",
+            "4",
+            "--repeats",
+            "1",
+            "--json",
+            str(report_file),
+        ]
+    )
     assert code == 0, text
     rows = table_rows(text)
     assert set(rows) == set(METHODS)

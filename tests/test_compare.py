@@ -32,16 +32,22 @@ SAMPLES = 2
 
 FASTV0 = {"name": "fastv", "label": "fastv-0", "ratio": 0.0}
 ST3 = {"name": "st3", "start_layer": 1, "stride": 1, "ratio": 0.4, "final_fraction": 0.5}
-COMPOSED = {"label": "composed", "compose": {"score": "text_mean_attention",
-                                             "schedule": {"name": "single_cut", "layer": 2, "ratio": 0.75}}}
+COMPOSED = {
+    "label": "composed",
+    "compose": {"score": "text_mean_attention", "schedule": {"name": "single_cut", "layer": 2, "ratio": 0.75}},
+}
 VTW = {"name": "vtw", "k": 2}
 TIMING = {"samples": 1, "repeats": 1, "warmup": 0}
 
 
 def write_config(folder: Path, strategies: list[dict], name: str = "compare.yaml", **sections) -> Path:
     config = {
-        "model": MODEL, "data": {"format": "synthetic", "limit": SAMPLES}, "generation": {"max_new_tokens": NEW_TOKENS},
-        "strategies": strategies, "metrics": ["fidelity", "accuracy"], "pictures": {"samples": 0},
+        "model": MODEL,
+        "data": {"format": "synthetic", "limit": SAMPLES},
+        "generation": {"max_new_tokens": NEW_TOKENS},
+        "strategies": strategies,
+        "metrics": ["fidelity", "accuracy"],
+        "pictures": {"samples": 0},
     }
     config.update(sections)
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,7 +136,8 @@ def independent(strategy: tp.Strategy, samples: int = SAMPLES) -> dict:
         agreements.append(agreement(pruned.sequences[0, length:].tolist(), base.sequences[0, length:].tolist()))
     return {
         "prefill_flops_ratio": flops["prefill"] / flops["baseline_prefill"],
-        "total_flops_ratio": (flops["prefill"] + flops["decode"]) / (flops["baseline_prefill"] + flops["baseline_decode"]),
+        "total_flops_ratio": (flops["prefill"] + flops["decode"])
+        / (flops["baseline_prefill"] + flops["baseline_decode"]),
         "first_token_kl": sum(kls) / len(kls),
         "agreement": sum(agreements) / len(agreements),
     }
@@ -138,8 +145,13 @@ def independent(strategy: tp.Strategy, samples: int = SAMPLES) -> dict:
 
 # ------------------------------------------------------------------------------------------- end to end
 def test_compare_end_to_end(tmp_path, spy):
-    config = write_config(tmp_path, [FASTV0, ST3, COMPOSED], timing=TIMING, pictures={"samples": 1},
-                          metrics=["fidelity", "accuracy", "timing"])
+    config = write_config(
+        tmp_path,
+        [FASTV0, ST3, COMPOSED],
+        timing=TIMING,
+        pictures={"samples": 1},
+        metrics=["fidelity", "accuracy", "timing"],
+    )
     out = tmp_path / "out"
     code, text = run(config, out)
     assert code == 0, text
@@ -159,7 +171,11 @@ def test_compare_end_to_end(tmp_path, spy):
     results = json.loads((out / "results.json").read_text())
     rows = {row["label"]: row for row in results["rows"]}
     assert [row["label"] for row in results["rows"]] == labels
-    assert results["model"] == {"description": "tiny random LLaVA-1.5 (4 layers, hidden 64)", "source": "tiny", "layers": 4}
+    assert results["model"] == {
+        "description": "tiny random LLaVA-1.5 (4 layers, hidden 64)",
+        "source": "tiny",
+        "layers": 4,
+    }
     assert results["data"]["samples"] == SAMPLES and results["data"]["task"] == "open"
     assert set(results["plots"]) == {"tradeoff", "visual_tokens_per_layer", "visual_kv_per_step"}
     assert results["pictures"] == ["pictures/kept_tokens_0.png"]
@@ -170,7 +186,15 @@ def test_compare_end_to_end(tmp_path, spy):
 
     base = rows["baseline"]
     assert base["strategy"] is None
-    for key in ("prefill_flops_ratio", "total_flops_ratio", "visual_kv_ratio", "total_kv_ratio", "ttft_ratio", "decode_ratio", "agreement"):
+    for key in (
+        "prefill_flops_ratio",
+        "total_flops_ratio",
+        "visual_kv_ratio",
+        "total_kv_ratio",
+        "ttft_ratio",
+        "decode_ratio",
+        "agreement",
+    ):
         assert base[key] == 1.0, key
     assert base["first_token_kl"] == 0.0
 
@@ -183,8 +207,10 @@ def test_compare_end_to_end(tmp_path, spy):
     assert zero["task"] == base["task"]
 
     # the pruning strategies: the same numbers as computed here, independently
-    for label, strategy in [(st3_label, tp.resolve_strategy("st3", start_layer=1, stride=1, ratio=0.4, final_fraction=0.5)),
-                            ("composed", tp.compose(**COMPOSED["compose"]))]:
+    for label, strategy in [
+        (st3_label, tp.resolve_strategy("st3", start_layer=1, stride=1, ratio=0.4, final_fraction=0.5)),
+        ("composed", tp.compose(**COMPOSED["compose"])),
+    ]:
         row, expected = rows[label], independent(strategy)
         assert row["strategy"] == strategy.describe()
         assert row["prefill_flops_ratio"] == pytest.approx(expected["prefill_flops_ratio"], rel=0, abs=1e-9)
@@ -242,7 +268,14 @@ def test_rerun_resumes_adds_and_forces(tmp_path, spy):
     assert len(spy.generate) == 4 * SAMPLES and len(spy.timing) == 3
     forced = rows_of(out)
     for label, row in forced.items():  # deterministic: the same numbers, timing aside
-        for key in ("prefill_flops_ratio", "total_flops_ratio", "visual_kv_ratio", "first_token_kl", "agreement", "task"):
+        for key in (
+            "prefill_flops_ratio",
+            "total_flops_ratio",
+            "visual_kv_ratio",
+            "first_token_kl",
+            "agreement",
+            "task",
+        ):
             assert row[key] == added[label][key], (label, key)
     rewritten = cell_times(out)
     assert set(times) <= set(rewritten) and all(rewritten[name] != time for name, time in times.items())
@@ -298,7 +331,12 @@ def test_a_failing_strategy_gets_an_error_and_the_others_finish(tmp_path, spy):
     assert code == 1
     assert "strategy 'vtw(k=2)' failed" in text and "inputs this strategy cannot serve" in text
     rows = rows_of(out)
-    assert list(rows) == ["baseline", "st3(start_layer=1, stride=1, ratio=0.4, final_fraction=0.5)", "vtw(k=2)", "composed"]
+    assert list(rows) == [
+        "baseline",
+        "st3(start_layer=1, stride=1, ratio=0.4, final_fraction=0.5)",
+        "vtw(k=2)",
+        "composed",
+    ]
     assert rows["vtw(k=2)"]["error"] == "inputs this strategy cannot serve" and rows["vtw(k=2)"]["samples"] == 0
     for label, row in rows.items():
         if label != "vtw(k=2)":
@@ -320,7 +358,9 @@ def test_a_failing_strategy_gets_an_error_and_the_others_finish(tmp_path, spy):
 
 
 # ------------------------------------------------------------------------------------------- data, calibration
-@pytest.mark.parametrize("format, keys", [("jsonl", {"accuracy", "contains"}), ("pope", {"accuracy", "precision", "recall", "f1"})])
+@pytest.mark.parametrize(
+    "format, keys", [("jsonl", {"accuracy", "contains"}), ("pope", {"accuracy", "precision", "recall", "f1"})]
+)
 def test_task_metrics_on_data_with_answers(tmp_path, spy, monkeypatch, format, keys):
     folder = tmp_path / "configs"
     path = datasets.write_synthetic(format, folder / "data", n=4, seed=1)
@@ -344,15 +384,20 @@ def test_task_metrics_on_data_with_answers(tmp_path, spy, monkeypatch, format, k
         if format == "pope":
             assert row["task"] == yes_no_scores(predictions, [s.answer for s in samples])
     header = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| Strategy |"))
-    numeric = [key for key in keys if isinstance(results["rows"][0]["task"][key], float)]  # None (no "yes") has no column
+    numeric = [
+        key for key in keys if isinstance(results["rows"][0]["task"][key], float)
+    ]  # None (no "yes") has no column
     assert "accuracy" in numeric and all(f" {key} |" in header for key in numeric), header
 
 
 def test_vtw_k_auto_is_calibrated_with_find_k(tmp_path, spy):
     out = tmp_path / "out"
     eta, calibration_samples = 0.05, 2
-    config = write_config(tmp_path, [{"name": "vtw", "label": "vtw-auto", "k": "auto", "eta": eta,
-                                      "calibration_samples": calibration_samples}], data={"format": "synthetic", "limit": 3})
+    config = write_config(
+        tmp_path,
+        [{"name": "vtw", "label": "vtw-auto", "k": "auto", "eta": eta, "calibration_samples": calibration_samples}],
+        data={"format": "synthetic", "limit": 3},
+    )
     assert run(config, out)[0] == 0
     assert spy.find_k == 1
     row = rows_of(out)["vtw-auto"]
@@ -364,7 +409,9 @@ def test_vtw_k_auto_is_calibrated_with_find_k(tmp_path, spy):
     assert 0 < direct.k < 4  # eta picks a k inside the curve, so an off-by-one in the samples or eta would show
     assert calibration["k"] == direct.k and calibration["eta"] == eta and calibration["samples"] == calibration_samples
     assert [point["k"] for point in calibration["curve"]] == list(direct.curve) == list(range(5))
-    assert [point["kl"] for point in calibration["curve"]] == pytest.approx(list(direct.curve.values()), rel=0, abs=1e-6)
+    assert [point["kl"] for point in calibration["curve"]] == pytest.approx(
+        list(direct.curve.values()), rel=0, abs=1e-6
+    )
     assert row["strategy"] == tp.resolve_strategy("vtw", k=direct.k).describe()
     markdown = (out / "results.md").read_text()
     assert f"vtw-auto: k={direct.k} calibrated with eta {eta} on {calibration_samples} samples" in markdown
@@ -384,8 +431,10 @@ def test_missing_data_file_exits_2_naming_it(tmp_path, spy, capsys):
     assert spy.generate == []
 
 
-@pytest.mark.parametrize("strategy, label", [({"name": "fastv", "k": 10}, "fastv(k=10)"),
-                                             ({"name": "vtw", "label": "late-vtw", "k": 5}, "late-vtw")])
+@pytest.mark.parametrize(
+    "strategy, label",
+    [({"name": "fastv", "k": 10}, "fastv(k=10)"), ({"name": "vtw", "label": "late-vtw", "k": 5}, "late-vtw")],
+)
 def test_a_strategy_deeper_than_the_model_exits_2_before_generating(tmp_path, spy, capsys, strategy, label):
     out = tmp_path / "out"
     code, _ = run(write_config(tmp_path, [VTW, strategy]), out)
@@ -421,7 +470,9 @@ def test_pictures_are_kept_on_rerun_and_redrawn_when_a_strategy_is_added(tmp_pat
     assert run(write_config(tmp_path, [ST3, COMPOSED], pictures={"samples": 1}), out)[0] == 0
     assert picture.read_bytes() != before  # it now shows the composed strategy's kept tokens too
     with Image.open(picture) as image:
-        assert image.height > Image.open(io.BytesIO(before)).height or image.width > Image.open(io.BytesIO(before)).width
+        assert (
+            image.height > Image.open(io.BytesIO(before)).height or image.width > Image.open(io.BytesIO(before)).width
+        )
 
 
 def test_force_redraws_pictures(tmp_path):

@@ -23,9 +23,14 @@ STRATEGIES = [
     {"name": "st3", "start_layer": 1, "stride": 2, "ratio": 0.3, "decay": "linear", "final_fraction": 0.5},
     {"name": "fastv", "label": "fastv-text_mean", "query": "text_mean", "k": 1, "ratio": 0.7},
     {"name": "vtw", "k": 3},
-    {"label": "mine", "compose": {"score": "text_mean_attention",
-                                  "schedule": {"name": "progressive", "start_layer": 2, "stride": 2, "ratio": 0.5},
-                                  "decay": {"name": "linear", "final_fraction": 0.3}}},
+    {
+        "label": "mine",
+        "compose": {
+            "score": "text_mean_attention",
+            "schedule": {"name": "progressive", "start_layer": 2, "stride": 2, "ratio": 0.5},
+            "decay": {"name": "linear", "final_fraction": 0.3},
+        },
+    },
     {"name": "vtw", "label": "vtw-auto", "k": "auto", "eta": 0.5, "calibration_samples": 2},
 ]
 
@@ -133,10 +138,22 @@ def test_yaml_and_toml_give_the_same_config_with_paths_relative_to_the_file(tmp_
     assert config == from_toml
 
     # the values themselves, and that absolute paths and the tiny model are left alone
-    assert (config.model.dtype, config.model.attn, config.data.format, config.data.limit) == ("float32", "eager", "jsonl", 2)
-    assert (config.generation.max_new_tokens, config.timing.repeats, config.pictures.samples, config.seed) == (3, 1, 0, 3)
+    assert (config.model.dtype, config.model.attn, config.data.format, config.data.limit) == (
+        "float32",
+        "eager",
+        "jsonl",
+        2,
+    )
+    assert (config.generation.max_new_tokens, config.timing.repeats, config.pictures.samples, config.seed) == (
+        3,
+        1,
+        0,
+        3,
+    )
     assert config.strategies == STRATEGIES
-    absolute = dict(RAW, model={"source": "tiny"}, data={"format": "jsonl", "path": str(tmp_path / "q.jsonl")}, output=None)
+    absolute = dict(
+        RAW, model={"source": "tiny"}, data={"format": "jsonl", "path": str(tmp_path / "q.jsonl")}, output=None
+    )
     kept = load_config(write(folder / "absolute.yaml", yaml.safe_dump(absolute)))
     assert (kept.model.source, kept.data.path, kept.output) == ("tiny", str(tmp_path / "q.jsonl"), None)
 
@@ -153,16 +170,26 @@ def test_defaults_and_labels(tmp_path):
 # ------------------------------------------------------------------------------------------- errors
 ERRORS = [
     pytest.param("strategies: [{name: st3}]\nfoo: 1\n", [r"foo: unknown key"], id="unknown-top-level-key"),
-    pytest.param("model: {dtyp: float32}\nstrategies: [{name: st3}]\n", [r"model\.dtyp: unknown key"], id="unknown-model-key"),
-    pytest.param("data: {limit: x}\nstrategies: [{name: st3}]\n", [r"data\.limit: ", r"integer", r"'x'"], id="wrong-type"),
-    pytest.param("data: {format: coco}\nstrategies: [{name: st3}]\n", [r"data\.format: ", "synthetic"], id="bad-format"),
+    pytest.param(
+        "model: {dtyp: float32}\nstrategies: [{name: st3}]\n", [r"model\.dtyp: unknown key"], id="unknown-model-key"
+    ),
+    pytest.param(
+        "data: {limit: x}\nstrategies: [{name: st3}]\n", [r"data\.limit: ", r"integer", r"'x'"], id="wrong-type"
+    ),
+    pytest.param(
+        "data: {format: coco}\nstrategies: [{name: st3}]\n", [r"data\.format: ", "synthetic"], id="bad-format"
+    ),
     pytest.param(
         "strategies: [{name: st3}, {name: fastv}, {name: st3, label: strong, ratio: 1.5}]\n",
-        [r"(?<![\w.\]])strategies\[2\]\.ratio: ", r"less than or equal to 1", r"1\.5"], id="ratio-out-of-range",
+        [r"(?<![\w.\]])strategies\[2\]\.ratio: ", r"less than or equal to 1", r"1\.5"],
+        id="ratio-out-of-range",
     ),
-    pytest.param("strategies: [{name: st3, ratioo: 0.3}]\n", [r"strategies\[0\]\.ratioo: unknown key"], id="unknown-param"),
     pytest.param(
-        "strategies: [{name: st4}]\n", [r"strategies\[0\]\.name: ", r"'st4'", r"available strategies: fastv, st3, vtw"],
+        "strategies: [{name: st3, ratioo: 0.3}]\n", [r"strategies\[0\]\.ratioo: unknown key"], id="unknown-param"
+    ),
+    pytest.param(
+        "strategies: [{name: st4}]\n",
+        [r"strategies\[0\]\.name: ", r"'st4'", r"available strategies: fastv, st3, vtw"],
         id="unknown-strategy",
     ),
     pytest.param(
@@ -172,44 +199,67 @@ ERRORS = [
     ),
     pytest.param(
         "strategies: [{name: st3}, {compose: {score: last_query_attention, schedule: {name: single_cut, ratio: 2}}}]\n",
-        [r"strategies\[1\]\.compose\.schedule\.ratio: ", r"less than or equal to 1"], id="bad-part-parameter",
+        [r"strategies\[1\]\.compose\.schedule\.ratio: ", r"less than or equal to 1"],
+        id="bad-part-parameter",
     ),
     pytest.param(
         "strategies: [{compose: {score: last_query_attenton, schedule: single_cut}}]\n",
-        [r"strategies\[0\]\.compose\.score\.name: ", r"'last_query_attenton'"], id="unknown-score-by-name",
+        [r"strategies\[0\]\.compose\.score\.name: ", r"'last_query_attenton'"],
+        id="unknown-score-by-name",
     ),
     pytest.param(
-        "strategies: [{compose: {schedule: withdraw, cache: none}}]\n", [r"strategies\[0\]\.compose\.cache: unknown part"],
+        "strategies: [{compose: {schedule: withdraw, cache: none}}]\n",
+        [r"strategies\[0\]\.compose\.cache: unknown part"],
         id="unknown-part-kind",
     ),
     pytest.param(
-        "strategies: [{compose: {schedule: withdraw}, k: 2}]\n", [r"strategies\[0\]: unknown key\(s\) \['k'\] next to 'compose'"],
+        "strategies: [{compose: {schedule: withdraw}, k: 2}]\n",
+        [r"strategies\[0\]: unknown key\(s\) \['k'\] next to 'compose'"],
         id="key-next-to-compose",
     ),
     pytest.param("strategies: [{ratio: 0.3}]\n", [r"strategies\[0\]: needs `name`"], id="no-name"),
     pytest.param("strategies: [st3]\n", [r"strategies\[0\]: ", r"dictionary"], id="strategy-not-a-mapping"),
     pytest.param(
-        "strategies: [{name: st3}, {name: fastv}, {name: st3}]\n", [r"strategies: labels must be unique", r"\['st3'\]"],
+        "strategies: [{name: st3}, {name: fastv}, {name: st3}]\n",
+        [r"strategies: labels must be unique", r"\['st3'\]"],
         id="duplicate-labels",
     ),
     pytest.param(
-        "strategies: [{name: st3, label: a}, {name: fastv, label: a}]\n", [r"labels must be unique", r"\['a'\]"],
+        "strategies: [{name: st3, label: a}, {name: fastv, label: a}]\n",
+        [r"labels must be unique", r"\['a'\]"],
         id="duplicate-explicit-labels",
     ),
-    pytest.param("strategies: [{name: vtw, k: auto, eta: -1}]\n", [r"strategies\[0\]\.eta: ", r"greater than or equal to 0"], id="vtw-auto-negative-eta"),
-    pytest.param("strategies: [{name: vtw, k: auto, eta: x}]\n", [r"strategies\[0\]\.eta: ", r"number", r"'x'"], id="vtw-auto-eta-not-a-number"),
     pytest.param(
-        "strategies: [{name: vtw, k: auto, calibration_samples: 0}]\n", [r"strategies\[0\]\.calibration_samples: "],
+        "strategies: [{name: vtw, k: auto, eta: -1}]\n",
+        [r"strategies\[0\]\.eta: ", r"greater than or equal to 0"],
+        id="vtw-auto-negative-eta",
+    ),
+    pytest.param(
+        "strategies: [{name: vtw, k: auto, eta: x}]\n",
+        [r"strategies\[0\]\.eta: ", r"number", r"'x'"],
+        id="vtw-auto-eta-not-a-number",
+    ),
+    pytest.param(
+        "strategies: [{name: vtw, k: auto, calibration_samples: 0}]\n",
+        [r"strategies\[0\]\.calibration_samples: "],
         id="vtw-auto-no-samples",
     ),
-    pytest.param("strategies: [{name: vtw, k: 2, eta: 0.1}]\n", [r"strategies\[0\]\.eta: unknown key"], id="eta-without-auto"),
-    pytest.param("strategies: [{name: fastv, k: auto}]\n", [r"strategies\[0\]\.k: ", r"integer"], id="auto-only-for-vtw"),
+    pytest.param(
+        "strategies: [{name: vtw, k: 2, eta: 0.1}]\n", [r"strategies\[0\]\.eta: unknown key"], id="eta-without-auto"
+    ),
+    pytest.param(
+        "strategies: [{name: fastv, k: auto}]\n", [r"strategies\[0\]\.k: ", r"integer"], id="auto-only-for-vtw"
+    ),
     pytest.param("strategies: []\n", [r"strategies: ", r"at least 1"], id="empty-strategies"),
     pytest.param("model: {dtype: float32}\n", [r"strategies: Field required"], id="missing-strategies"),
     pytest.param("", [r"strategies: Field required"], id="empty-file"),
     pytest.param("- 1\n- 2\n", [r"top level must be a mapping", r"list"], id="top-level-list"),
     pytest.param("just text\n", [r"top level must be a mapping", r"str"], id="top-level-scalar"),
-    pytest.param("model:\n  dtype: float32\ndata: a: b\nstrategies: [{name: st3}]\n", [r"line 3, column \d+:", r"invalid YAML"], id="invalid-yaml"),
+    pytest.param(
+        "model:\n  dtype: float32\ndata: a: b\nstrategies: [{name: st3}]\n",
+        [r"line 3, column \d+:", r"invalid YAML"],
+        id="invalid-yaml",
+    ),
     pytest.param("model:\n  dtype: float32\n\tdevice: cpu\n", [r"line 3, column \d+:", r"invalid YAML"], id="yaml-tab"),
 ]
 
@@ -238,7 +288,9 @@ def test_file_errors(tmp_path):
     with pytest.raises(tp.ConfigError, match=f"{re.escape(str(tmp_path))} is not a file"):
         load_config(tmp_path)
     json_file = write(tmp_path / "compare.json", '{"strategies": [{"name": "st3"}]}')
-    with pytest.raises(tp.ConfigError, match=re.escape(f"{json_file}: unknown config format '.json'; use .yaml, .yml or .toml")):
+    with pytest.raises(
+        tp.ConfigError, match=re.escape(f"{json_file}: unknown config format '.json'; use .yaml, .yml or .toml")
+    ):
         load_config(json_file)
     toml_file = write(tmp_path / "compare.toml", "[model]\ndtype = 'float32'\nstrategies = [\n  {name = 'st3'\n")
     with pytest.raises(tp.ConfigError) as info:
@@ -258,7 +310,9 @@ def test_the_baseline_label_is_reserved(tmp_path):
 # ------------------------------------------------------------------------------------------- same as Python
 def _generate(model, data, strategy):
     with tp.prune(model, strategy) as run:
-        out = model.generate(**data, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **data, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
     return out, run.report.to_dict()
 
 
@@ -274,14 +328,21 @@ def test_a_strategy_from_a_file_is_the_strategy_built_in_python(tmp_path):
     config = load_config(write(tmp_path / "c.yaml", yaml.safe_dump({"strategies": STRATEGIES}, sort_keys=False)))
     specs = strategy_specs(config)
     assert [s.label for s in specs] == [
-        "st3(start_layer=1, stride=2, ratio=0.3, decay=linear, final_fraction=0.5)", "fastv-text_mean", "vtw(k=3)", "mine", "vtw-auto",
+        "st3(start_layer=1, stride=2, ratio=0.3, decay=linear, final_fraction=0.5)",
+        "fastv-text_mean",
+        "vtw(k=3)",
+        "mine",
+        "vtw-auto",
     ]
     python = [
         tp.resolve_strategy("st3", start_layer=1, stride=2, ratio=0.3, decay="linear", final_fraction=0.5),
         tp.resolve_strategy("fastv", query="text_mean", k=1, ratio=0.7),
         tp.resolve_strategy("vtw", k=3),
-        tp.compose(score="text_mean_attention", schedule={"name": "progressive", "start_layer": 2, "stride": 2, "ratio": 0.5},
-                   decay={"name": "linear", "final_fraction": 0.3}),
+        tp.compose(
+            score="text_mean_attention",
+            schedule={"name": "progressive", "start_layer": 2, "stride": 2, "ratio": 0.5},
+            decay={"name": "linear", "final_fraction": 0.3},
+        ),
     ]
     for spec, built in zip(specs, python, strict=False):  # specs[4] (vtw k: auto) has no strategy to compare
         assert spec.strategy == built, spec.label
@@ -318,10 +379,14 @@ def test_a_third_party_plugin_works_from_a_config_file(with_example, tmp_path): 
     assert specs[1].strategy == tp.compose(score="key_norm", schedule={"name": "pyramid", "stages": 2})
     model, data = tiny_model(), inputs("single")
     _assert_same_run(model, data, specs[0].strategy, tp.resolve_strategy("pyramid_knorm", retain=0.5))
-    _assert_same_run(model, data, specs[1].strategy, tp.compose(score="key_norm", schedule={"name": "pyramid", "stages": 2}))
+    _assert_same_run(
+        model, data, specs[1].strategy, tp.compose(score="key_norm", schedule={"name": "pyramid", "stages": 2})
+    )
 
     bad = write(tmp_path / "bad.yaml", PLUGIN_CONFIG.replace("retain: 0.5", "retain: 2"))
-    with pytest.raises(tp.ConfigError, match=re.escape(f"{bad}: strategies[0].retain: Input should be less than or equal to 1")):
+    with pytest.raises(
+        tp.ConfigError, match=re.escape(f"{bad}: strategies[0].retain: Input should be less than or equal to 1")
+    ):
         load_config(bad)
     bad_part = write(tmp_path / "bad_part.yaml", PLUGIN_CONFIG.replace("stages: 2", "stages: 0"))
     with pytest.raises(tp.ConfigError, match=re.escape(f"{bad_part}: strategies[1].compose.schedule.stages: ")):
@@ -332,7 +397,9 @@ def test_plugin_strategies_are_unknown_without_the_plugin(tmp_path):
     path = write(tmp_path / "plugin.yaml", PLUGIN_CONFIG)
     if "pyramid_knorm" in tp.available_strategies():
         pytest.skip("the example plugin is installed in this environment")
-    with pytest.raises(tp.ConfigError, match=re.escape(f"{path}: strategies[0].name: unknown strategy 'pyramid_knorm'")):
+    with pytest.raises(
+        tp.ConfigError, match=re.escape(f"{path}: strategies[0].name: unknown strategy 'pyramid_knorm'")
+    ):
         load_config(path)
 
 

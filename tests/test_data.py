@@ -95,7 +95,11 @@ def test_jsonl_images_list_question_key_and_image_root(tmp_path):
 
 def test_synthetic_is_deterministic():
     a, b = load_samples("synthetic", seed=1), load_samples("synthetic", seed=1)
-    assert len(a) == 8 and [s.prompt for s in a] == [s.prompt for s in b] and [s.answer for s in a] == [s.answer for s in b]
+    assert (
+        len(a) == 8
+        and [s.prompt for s in a] == [s.prompt for s in b]
+        and [s.answer for s in a] == [s.answer for s in b]
+    )
     assert a[0].images[0].tobytes() == b[0].images[0].tobytes() and _is_rgb(a[0])
     assert len(load_samples("synthetic", limit=3)) == 3
     c = load_samples("synthetic", seed=2)
@@ -110,8 +114,20 @@ def _samples(task: str, answers: list) -> list[Sample]:
 
 @pytest.mark.parametrize(
     "text, letter",
-    [("B", "B"), ("(B)", "B"), ("B.", "B"), ("The answer is C.", "C"), ("(D) cat", "D"), ("E)", "E"),
-     ("Bee", None), ("b", None), ("", None), ("F", None), ("ABC", None), ("A. dog, B. cat", "A")],
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("B.", "B"),
+        ("The answer is C.", "C"),
+        ("(D) cat", "D"),
+        ("E)", "E"),
+        ("Bee", None),
+        ("b", None),
+        ("", None),
+        ("F", None),
+        ("ABC", None),
+        ("A. dog, B. cat", "A"),
+    ],
 )
 def test_parse_letter(text, letter):
     assert parse_letter(text) == letter
@@ -119,8 +135,15 @@ def test_parse_letter(text, letter):
 
 @pytest.mark.parametrize(
     "text, answer",
-    [("Yes", "yes"), ("no.", "no"), ("NO, there is not", "no"), ("I think yes, no", "yes"),
-     ("Nothing", None), ("yesterday", None), ("", None)],
+    [
+        ("Yes", "yes"),
+        ("no.", "no"),
+        ("NO, there is not", "no"),
+        ("I think yes, no", "yes"),
+        ("Nothing", None),
+        ("yesterday", None),
+        ("", None),
+    ],
 )
 def test_parse_yes_no(text, answer):
     assert parse_yes_no(text) == answer
@@ -159,18 +182,28 @@ def test_open_exact_and_contains():
 def test_cider_matches_pycocoevalcap_and_ranks_captions():
     from pycocoevalcap.cider.cider import Cider
 
-    refs = [("A red square on a white background.", "A red square."), ("Two dogs play in the park.", "Dogs playing."),
-            ("A man rides a horse.", "A person on a horse."), ("A bowl of fruit.", "Fruit in a bowl.")]
+    refs = [
+        ("A red square on a white background.", "A red square."),
+        ("Two dogs play in the park.", "Dogs playing."),
+        ("A man rides a horse.", "A person on a horse."),
+        ("A bowl of fruit.", "Fruit in a bowl."),
+    ]
     samples = [Sample(id=str(i), images=(), prompt="", references=r, task="caption") for i, r in enumerate(refs)]
     same = score_predictions("caption", [r[0] for r in refs], samples)
     unrelated = score_predictions("caption", ["The stock market fell today."] * 4, samples)
     assert same["cider"] > unrelated["cider"] >= 0 and same["n"] == 4
     own, _ = Cider().compute_score(
-        {0: ["a red square on a white background", "a red square"], 1: ["two dogs play in the park", "dogs playing"],
-         2: ["a man rides a horse", "a person on a horse"], 3: ["a bowl of fruit", "fruit in a bowl"]},
+        {
+            0: ["a red square on a white background", "a red square"],
+            1: ["two dogs play in the park", "dogs playing"],
+            2: ["a man rides a horse", "a person on a horse"],
+            3: ["a bowl of fruit", "fruit in a bowl"],
+        },
         {0: ["a red square"], 1: ["a dog"], 2: ["a horse"], 3: ["fruit"]},
     )
-    assert score_predictions("caption", ["A red square!", "A dog", "a horse.", "Fruit"], samples)["cider"] == pytest.approx(float(own))
+    assert score_predictions("caption", ["A red square!", "A dog", "a horse.", "Fruit"], samples)[
+        "cider"
+    ] == pytest.approx(float(own))
     assert score_predictions("caption", ["x"], _samples("caption", ["x"])) == {}
 
 
@@ -258,7 +291,9 @@ def _good_rows(tmp_path, fmt: str) -> list[dict]:
 def test_parquet_errors_name_file_row_and_field(tmp_path):
     rows = _good_rows(tmp_path, "scienceqa")
     missing = [{k: v for k, v in r.items() if k != "choices"} for r in rows]
-    with pytest.raises(DataError, match=r"x\.parquet: field 'choices': missing column .*columns found: image, question, answer"):
+    with pytest.raises(
+        DataError, match=r"x\.parquet: field 'choices': missing column .*columns found: image, question, answer"
+    ):
         load_samples("scienceqa", _parquet(tmp_path, missing))
     bad = [dict(r) for r in rows]
     bad[2]["answer"] = 7
@@ -321,6 +356,6 @@ def test_tiny_model_end_to_end():
         assert int((inputs["input_ids"] == 255).sum()) == 16
         with torch.inference_mode():
             out = loaded.model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        predictions.append(loaded.decode(out[0, inputs["input_ids"].shape[1]:]))
+        predictions.append(loaded.decode(out[0, inputs["input_ids"].shape[1] :]))
     result = score_predictions("open", predictions, samples)
     assert result["n"] == 2 and 0.0 <= result["accuracy"] <= 1.0

@@ -42,7 +42,11 @@ def test_parameter_out_of_range_rejected_at_build(name, params, field):
 
 @pytest.mark.parametrize(
     "name,params,field",
-    [("fastv", dict(k=LAYERS + 1), "k"), ("vtw", dict(k=LAYERS + 5), "k"), ("st3", dict(start_layer=LAYERS + 1), "start_layer")],
+    [
+        ("fastv", dict(k=LAYERS + 1), "k"),
+        ("vtw", dict(k=LAYERS + 5), "k"),
+        ("st3", dict(start_layer=LAYERS + 1), "start_layer"),
+    ],
 )
 def test_layer_beyond_model_depth(name, params, field):
     model = tiny_model()
@@ -56,8 +60,9 @@ def test_layer_beyond_model_depth(name, params, field):
 def test_unsupported_model_class_names_supported_ones():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
     with pytest.raises(tp.UnsupportedModelError, match="LlamaForCausalLM.*LlavaForConditionalGeneration"):
         tp.prune(model, "fastv")
 
@@ -77,10 +82,12 @@ def test_right_padding_refused_without_touching_the_model():
     model = tiny_model()
     data = inputs("padded")
     right = {
-        "input_ids": torch.stack([
-            torch.cat([r[m.bool()], r[~m.bool()]])
-            for r, m in zip(data["input_ids"], data["attention_mask"], strict=True)
-        ]),
+        "input_ids": torch.stack(
+            [
+                torch.cat([r[m.bool()], r[~m.bool()]])
+                for r, m in zip(data["input_ids"], data["attention_mask"], strict=True)
+            ]
+        ),
         "attention_mask": data["attention_mask"].flip(1),
         "pixel_values": data["pixel_values"],
     }
@@ -132,6 +139,12 @@ def test_decay_outside_generate_needs_horizon():
 
 
 def test_errors_are_tokenprune_errors():
-    for cls in (tp.UnknownStrategyError, tp.InvalidParameterError, tp.UnsupportedModelError,
-                tp.UnsupportedInputError, tp.AlreadyPrunedError, tp.PluginError):
+    for cls in (
+        tp.UnknownStrategyError,
+        tp.InvalidParameterError,
+        tp.UnsupportedModelError,
+        tp.UnsupportedInputError,
+        tp.AlreadyPrunedError,
+        tp.PluginError,
+    ):
         assert issubclass(cls, tp.TokenpruneError)

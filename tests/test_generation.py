@@ -14,8 +14,9 @@ def test_beam_search_runs_and_cache_metadata_follows_beams(name, params, ref_met
     model = tiny_model(family=family)
     data = inputs("padded", family=family)
     with torch.no_grad(), tp.prune(model, name, **params) as run:
-        out = model.generate(**data, max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False,
-                             return_dict_in_generate=True)
+        out = model.generate(
+            **data, max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False, return_dict_in_generate=True
+        )
     assert out.sequences.shape[0] == 6
     cache = out.past_key_values
     assert isinstance(cache, PrunableCache)
@@ -85,8 +86,14 @@ def test_eos_and_stopping_criteria_end_samples_where_the_pruned_run_says(family)
             return torch.full((ids.shape[0],), ids.shape[1] - prompt >= 6, dtype=torch.bool)
 
     with torch.no_grad(), tp.prune(model, "st3", horizon=10) as run:
-        out = model.generate(**data, max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=0,
-                             stopping_criteria=StoppingCriteriaList([AfterSix()]))[:, prompt:]
+        out = model.generate(
+            **data,
+            max_new_tokens=10,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=0,
+            stopping_criteria=StoppingCriteriaList([AfterSix()]),
+        )[:, prompt:]
     assert out.shape[1] == (3 if all(s is not None and s <= 2 for s in stops) else 6)
     for b, stop in enumerate(stops):
         end = out.shape[1] if stop is None else min(stop + 1, out.shape[1])
@@ -115,8 +122,10 @@ def test_real_loading_path(tmp_path):
 
 def test_text_only_inputs_pass_through_untouched():
     model = tiny_model()
-    text = {"input_ids": torch.randint(3, 500, (3, 6), generator=torch.Generator().manual_seed(0)),
-            "attention_mask": torch.ones(3, 6, dtype=torch.long)}
+    text = {
+        "input_ids": torch.randint(3, 500, (3, 6), generator=torch.Generator().manual_seed(0)),
+        "attention_mask": torch.ones(3, 6, dtype=torch.long),
+    }
     base = greedy(model, text, 10)
     with tp.prune(model, "vtw", k=0) as run:
         out = greedy(model, text, 10)
@@ -134,7 +143,9 @@ def test_inputs_embeds_are_supported():
         with tp.prune(model, "fastv", k=2, ratio=0.5) as by_ids:
             a = model(**data).logits
         with tp.prune(model, "fastv", k=2, ratio=0.5) as by_embeds:
-            b = model(inputs_embeds=embeds, attention_mask=data["attention_mask"], pixel_values=data["pixel_values"]).logits
+            b = model(
+                inputs_embeds=embeds, attention_mask=data["attention_mask"], pixel_values=data["pixel_values"]
+            ).logits
     assert by_ids.report.kept_visual == by_embeds.report.kept_visual
     torch.testing.assert_close(a, b)
 
@@ -230,7 +241,7 @@ def test_manual_decode_loop_with_its_own_cache_object(params):
         base = loop()
         with tp.prune(model, "fastv", **params):
             looped = loop()
-            generated = greedy(model, data, 6).sequences[:, data["input_ids"].shape[1]:]
+            generated = greedy(model, data, 6).sequences[:, data["input_ids"].shape[1] :]
     assert torch.equal(looped, generated)
     if params["ratio"] == 0.0:
         assert torch.equal(looped, base)

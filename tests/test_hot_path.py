@@ -111,12 +111,15 @@ def test_a_cut_layout_without_filler_gets_sdpa_causal_kernel(kind, expect_mask):
     def record(i):
         def hook(module, args, kwargs):
             masks.setdefault(i, kwargs.get("attention_mask"))
+
         return hook
 
     layers = model.model.language_model.layers
     data = inputs(kind)
     with tp.prune(model, "fastv", k=2, ratio=0.5):
-        handles = [layer.self_attn.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+        handles = [
+            layer.self_attn.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)
+        ]
         try:
             greedy(model, data, 1)
         finally:
@@ -138,11 +141,13 @@ def assert_counts_match_tensors(cache: PrunableCache) -> None:
 
 def counting_probe(model, caches: list):
     """Checks host counters against tensors after every forward (the cache object is read from the output)."""
+
     def hook(module, args, kwargs, output):
         cache = output.past_key_values
         if isinstance(cache, PrunableCache) and cache.entry_count is not None:
             assert_counts_match_tensors(cache)
             caches.append(cache)
+
     return model.register_forward_hook(hook, with_kwargs=True)
 
 

@@ -27,11 +27,17 @@ def test_llava15_layout_matches_reference(name, params, ref_method):
     reference_model = build_model(TinySpec(**{**spec.__dict__, "attn": "eager"}))
     data = make_inputs(spec, text_before=[35, 20], text_after=[28, 9])
     with torch.no_grad(), tp.prune(model, name, **params) as run:
-        out = model.generate(**data, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **data,
+            max_new_tokens=STEPS,
+            min_new_tokens=STEPS,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     ref = reference_generate(reference_model, data, ref_method, STEPS)
     assert run.report.kept_visual == ref.kept
     assert run.report.visual_cache_entries == ref.visual_per_step
-    assert torch.equal(out.sequences[:, data["input_ids"].shape[1]:], ref.tokens)
+    assert torch.equal(out.sequences[:, data["input_ids"].shape[1] :], ref.tokens)
     for a, b in zip(out.logits, ref.logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

@@ -53,7 +53,7 @@ def test_newline_option_against_the_reference(prune_newlines, name, params, ref_
     ref = reference_generate(eager, data, ref_method, 8, prunable=None if prune_newlines else ~newlines)
     assert run.report.kept_visual == ref.kept
     assert run.report.visual_cache_entries == ref.visual_per_step
-    assert torch.equal(out.sequences[:, data["input_ids"].shape[1]:], ref.tokens)
+    assert torch.equal(out.sequences[:, data["input_ids"].shape[1] :], ref.tokens)
     for a, b in zip(out.logits, ref.logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     placeholders = data["input_ids"] == model.config.image_token_id
@@ -124,7 +124,9 @@ def test_adapter_options_and_names_are_validated():
         tp.prune(model, "st3", adapter_options={"prune_newline": True})
     with pytest.raises(tp.InvalidParameterError, match="prune_newlines"):
         tp.prune(model, "st3", adapter_options={"prune_newlines": "sometimes"})
-    with pytest.raises(tp.UnsupportedModelError, match="adapter 'llava' does not serve LlavaNextForConditionalGeneration"):
+    with pytest.raises(
+        tp.UnsupportedModelError, match="adapter 'llava' does not serve LlavaNextForConditionalGeneration"
+    ):
         tp.prune(model, "st3", adapter="llava")
     with pytest.raises(tp.UnsupportedModelError, match="unknown adapter 'qwen'.*llava, llava_next"):
         tp.prune(model, "st3", adapter="qwen")

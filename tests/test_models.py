@@ -32,7 +32,7 @@ def test_save_and_load_round_trip_gives_identical_logits(tmp_path, family):
     with torch.no_grad():
         assert torch.equal(loaded.model(**inputs).logits, build_model(spec, seed=3)(**inputs).logits)
     out = loaded.model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert isinstance(loaded.decode(out[0, inputs["input_ids"].shape[1]:]), str)
+    assert isinstance(loaded.decode(out[0, inputs["input_ids"].shape[1] :]), str)
 
 
 def test_tiny_source_overrides_and_description():
@@ -114,10 +114,18 @@ def test_errors(tmp_path):
 
     other = tmp_path / "paligemma"
     config = PaliGemmaConfig(
-        vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, image_size=8, patch_size=4).to_dict(),
-        text_config=GemmaConfig(vocab_size=64, head_dim=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                num_attention_heads=2, num_key_value_heads=1).to_dict(),
+        vision_config=SiglipVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=8, patch_size=4
+        ).to_dict(),
+        text_config=GemmaConfig(
+            vocab_size=64,
+            head_dim=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ).to_dict(),
     )
     PaliGemmaForConditionalGeneration(config).save_pretrained(other)
     build_processor(TinySpec(**SMALL)).save_pretrained(other)

@@ -35,7 +35,7 @@ def test_two_images_per_prompt_match_the_reference_and_each_sample_alone(family,
         single = sample_of(data, b, IMAGES)
         with tp.prune(model, name, **params) as alone:
             one = greedy(model, single, 8)
-        assert torch.equal(out.sequences[b, prompt:], one.sequences[0, single["input_ids"].shape[1]:])
+        assert torch.equal(out.sequences[b, prompt:], one.sequences[0, single["input_ids"].shape[1] :])
         assert alone.report.visual_tokens_per_image[0] == run.report.visual_tokens_per_image[b]
         assert {k: v[0] for k, v in alone.report.kept_visual_per_image.items()} == {
             k: v[b] for k, v in run.report.kept_visual_per_image.items()
@@ -68,5 +68,8 @@ def test_placeholders_of_two_images_must_match_their_features():
     model = tiny_model()
     data = batch("llava")
     data["pixel_values"] = data["pixel_values"][:4]  # five images' placeholders, four images
-    with tp.prune(model, "fastv"), pytest.raises(tp.UnsupportedInputError, match=r"180 image placeholder.*4 image\(s\) give 144"):
+    with (
+        tp.prune(model, "fastv"),
+        pytest.raises(tp.UnsupportedInputError, match=r"180 image placeholder.*4 image\(s\) give 144"),
+    ):
         model(**data)

@@ -90,8 +90,11 @@ def test_second_turn_flops_count_the_chunk():
         assert flops["decode"] < flops["baseline_decode"]
         decode.append(flops["baseline_decode"])
     a = run.report.arch
-    linear = 2 * (a.hidden_size * a.num_heads * a.head_dim * 2 + 2 * a.hidden_size * a.num_kv_heads * a.head_dim
-                  + 3 * a.hidden_size * a.intermediate_size)
+    linear = 2 * (
+        a.hidden_size * a.num_heads * a.head_dim * 2
+        + 2 * a.hidden_size * a.num_kv_heads * a.head_dim
+        + 3 * a.hidden_size * a.intermediate_size
+    )
     # ten more tokens in each of the three samples' turns: at least their linear FLOPs in every layer
     assert decode[1] - decode[0] >= 10 * 3 * a.layers * linear
 
@@ -103,8 +106,12 @@ def test_a_new_image_in_the_second_turn_is_refused():
         first = model.generate(**data, max_new_tokens=3, return_dict_in_generate=True)
         again = torch.cat([first.sequences, data["input_ids"]], 1)
         with pytest.raises(tp.UnsupportedInputError, match="new image continuing a pruned KV cache"):
-            model.generate(input_ids=again, pixel_values=data["pixel_values"], past_key_values=first.past_key_values,
-                           max_new_tokens=2)
+            model.generate(
+                input_ids=again,
+                pixel_values=data["pixel_values"],
+                past_key_values=first.past_key_values,
+                max_new_tokens=2,
+            )
     assert run.report.decode_steps == 2
 
 

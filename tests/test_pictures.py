@@ -210,8 +210,19 @@ def test_show_writes_the_png_and_prints_its_path(tmp_path, family):
     source = tmp_path / "photo.png"
     synthetic_image(200, 120).save(source)
     code, text = run_cli(
-        ["show", "--out", str(out), "--family", family, "--tiny-spec", SMALL_CLI, "--image", str(source),
-         "--strategies", "fastv,vtw"]  # vtw: k = 2 on the 4-layer model (demo rule), not the default 16
+        [
+            "show",
+            "--out",
+            str(out),
+            "--family",
+            family,
+            "--tiny-spec",
+            SMALL_CLI,
+            "--image",
+            str(source),
+            "--strategies",
+            "fastv,vtw",
+        ]  # vtw: k = 2 on the 4-layer model (demo rule), not the default 16
     )
     assert code == 0, text
     assert text.strip() == str(out)

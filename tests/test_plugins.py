@@ -11,11 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import warnings
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from conftest import inputs, tiny_model
 
@@ -44,8 +44,21 @@ def installed_example(tmp_path_factory) -> Path:
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = work / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return target
 
@@ -110,8 +123,11 @@ def test_example_strategy_by_name_keeps_lowest_key_norms(with_example):
 
 def test_example_parts_compose_with_builtin_parts(with_example):
     model, data = tiny_model(), inputs("single")
-    mixed = tp.compose(score="key_norm", schedule={"name": "progressive", "start_layer": 1, "stride": 2, "ratio": 0.5},
-                       decay={"name": "cosine", "final_fraction": 0.5})
+    mixed = tp.compose(
+        score="key_norm",
+        schedule={"name": "progressive", "start_layer": 1, "stride": 2, "ratio": 0.5},
+        decay={"name": "cosine", "final_fraction": 0.5},
+    )
     with tp.prune(model, mixed) as run:
         model.generate(**data, max_new_tokens=4, do_sample=False)
     counts = [layer[0] for layer in run.report.prefill_visual_tokens]
@@ -123,7 +139,10 @@ def test_composed_equals_builtin_exactly():
     """fastv == last_query_attention + single_cut + none; vtw == withdraw; st3 == progressive + cosine."""
     model, data = tiny_model(), inputs("padded")
     pairs = [
-        (("fastv", dict(k=2, ratio=0.5)), dict(score="last_query_attention", schedule={"name": "single_cut", "layer": 2, "ratio": 0.5})),
+        (
+            ("fastv", dict(k=2, ratio=0.5)),
+            dict(score="last_query_attention", schedule={"name": "single_cut", "layer": 2, "ratio": 0.5}),
+        ),
         (("vtw", dict(k=3)), dict(schedule={"name": "withdraw", "layer": 3})),
         (("st3", dict()), dict(score="last_query_attention", schedule="progressive", decay="cosine")),
     ]
@@ -131,7 +150,9 @@ def test_composed_equals_builtin_exactly():
         outs = []
         for strategy in (tp.resolve_strategy(name, **params), tp.compose(**parts)):
             with tp.prune(model, strategy) as run:
-                out = model.generate(**data, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
+                out = model.generate(
+                    **data, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True
+                )
             outs.append((out, run.report.to_dict()))
         (a, ra), (b, rb) = outs
         assert torch.equal(a.sequences, b.sequences)
@@ -156,9 +177,14 @@ def test_list_shows_example_with_distribution_and_parameter_ranges(with_example,
 
 
 def test_list_in_a_fresh_process_sees_the_installed_example(installed_example):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_example), os.environ.get("PYTHONPATH", "")]),
-           "COLUMNS": "200"}
-    result = subprocess.run([sys.executable, "-m", "tokenprune", "list"], capture_output=True, text=True, env=env, check=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(installed_example), os.environ.get("PYTHONPATH", "")]),
+        "COLUMNS": "200",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenprune", "list"], capture_output=True, text=True, env=env, check=True
+    )
     for name in ("pyramid_knorm", "key_norm", "pyramid", "tokenprune-pyramid 0.1.0", "retain: float = 0.5"):
         assert name in result.stdout
 
@@ -226,7 +252,10 @@ def test_list_reports_broken_plugins_and_still_lists_the_rest(broken_plugins, ca
 
 
 def test_unknown_part_names_list_the_registered_ones():
-    with pytest.raises(tp.InvalidParameterError, match=r"unknown score provider 'key_nrm'; available score providers: last_query_attention, text_mean_attention"):
+    with pytest.raises(
+        tp.InvalidParameterError,
+        match=r"unknown score provider 'key_nrm'; available score providers: last_query_attention, text_mean_attention",
+    ):
         tp.compose(score="key_nrm", schedule="single_cut")
     with pytest.raises(tp.InvalidParameterError, match=r"invalid parameters for layer schedule 'single_cut': ratio=2"):
         tp.compose(score="last_query_attention", schedule={"name": "single_cut", "ratio": 2})

@@ -35,11 +35,19 @@ from hypothesis import strategies as st
 
 _MAX_EXAMPLES = os.environ.get("HYPOTHESIS_MAX_EXAMPLES")
 settings.register_profile(
-    "fast", max_examples=int(_MAX_EXAMPLES or 40), deadline=None, derandomize=True, database=None,
-    print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    "fast",
+    max_examples=int(_MAX_EXAMPLES or 40),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "thorough", max_examples=int(_MAX_EXAMPLES or 500), deadline=None, print_blob=True,
+    "thorough",
+    max_examples=int(_MAX_EXAMPLES or 500),
+    deadline=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
@@ -182,8 +190,9 @@ def test_kept_sets_nested_prunable_and_counted(drawn):
 
     # decode: visual cache entries per step follow the decay; text + generated are all still there
     horizon = horizon_of(name, params, case.steps)
-    assert report.horizon == (horizon if name == "st3" and params["decay"] != "none" and params["final_fraction"] < 1
-                              else None)
+    assert report.horizon == (
+        horizon if name == "st3" and params["decay"] != "none" and params["final_fraction"] < 1 else None
+    )
     expected = expected_visual_cache(name, params, prefill, case.steps, horizon)
     assert report.decode_steps == case.steps - 1
     assert report.visual_cache_entries == expected
@@ -224,7 +233,7 @@ def test_equals_masked_reference(drawn):
     ref = reference_generate(eager, data, ref_method(name, params), case.steps, prunable=prunable)
     assert run.report.kept_visual == ref.kept
     assert run.report.visual_cache_entries == ref.visual_per_step
-    tokens = out.sequences[:, data["input_ids"].shape[1]:]
+    tokens = out.sequences[:, data["input_ids"].shape[1] :]
     ties = assert_same_generation(out.logits, tokens, ref.logits, ref.tokens, [(b, b) for b in range(case.batch_size)])
     note(f"rows stopped at a greedy near-tie: {ties}")
 
@@ -245,7 +254,11 @@ def test_batch_equals_per_sample(drawn):
         with tp.prune(model, name, adapter_options=options, **params) as run_b:
             alone = generate(model, single, case.steps)
         assert_same_generation(
-            out.logits, out.sequences[:, length:], alone.logits, alone.sequences[:, length - pad:], [(b, 0)],
+            out.logits,
+            out.sequences[:, length:],
+            alone.logits,
+            alone.sequences[:, length - pad :],
+            [(b, 0)],
             what=f"sample {b}",
         )
         if not case.images[b]:  # a text-only sample alone passes through untouched; in the batch nothing of it goes
@@ -280,12 +293,17 @@ def test_extra_left_padding_changes_nothing(drawn, extra):
         out_padded = generate(model, padded, case.steps)
     length = data["input_ids"].shape[1]
     assert_same_generation(
-        out.logits, out.sequences[:, length:], out_padded.logits, out_padded.sequences[:, length + extra:],
+        out.logits,
+        out.sequences[:, length:],
+        out_padded.logits,
+        out_padded.sequences[:, length + extra :],
         [(b, b) for b in range(case.batch_size)],
     )
     a, b = run.report, run_padded.report
     assert (a.prefill_visual_tokens, a.visual_cache_entries, a.cache_entries_per_step) == (
-        b.prefill_visual_tokens, b.visual_cache_entries, b.cache_entries_per_step
+        b.prefill_visual_tokens,
+        b.visual_cache_entries,
+        b.cache_entries_per_step,
     )
     assert {layer: [[i + extra for i in s] for s in kept] for layer, kept in a.kept_visual.items()} == b.kept_visual
 
@@ -427,12 +445,16 @@ def test_report_flops_and_kv_bytes(drawn):
         + bsz * lm_head
         + flops["scoring_prefill"]
     )
-    assert flops["baseline_decode"] == sum(
-        layers * decode_token(r + t) for t in range(1, steps) for r in real
-    ) + (steps - 1) * bsz * lm_head
-    assert flops["decode"] == sum(
-        decode_token(e) for step in entries[1:] for layer in step for e in layer
-    ) + (steps - 1) * bsz * lm_head + flops["scoring_decode"]
+    assert (
+        flops["baseline_decode"]
+        == sum(layers * decode_token(r + t) for t in range(1, steps) for r in real) + (steps - 1) * bsz * lm_head
+    )
+    assert (
+        flops["decode"]
+        == sum(decode_token(e) for step in entries[1:] for layer in step for e in layer)
+        + (steps - 1) * bsz * lm_head
+        + flops["scoring_decode"]
+    )
     # never more model work than the baseline (the scoring rows are tokenprune's honest overhead)
     assert flops["prefill"] - flops["scoring_prefill"] <= flops["baseline_prefill"]
     assert flops["decode"] - flops["scoring_decode"] <= flops["baseline_decode"]
@@ -465,7 +487,11 @@ def test_further_turns_continue_the_pruned_cache_like_the_reference(drawn, data_
         tokens, logits, last = generate_turns(model, data, case.steps, further)
     eager = case.eager()
     ref = reference_generate(
-        eager, data, ref_method(name, params), case.steps, prunable=reference_prunable(eager, data, **options),
+        eager,
+        data,
+        ref_method(name, params),
+        case.steps,
+        prunable=reference_prunable(eager, data, **options),
         turns=further,
     )
     report = run.report

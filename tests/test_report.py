@@ -14,12 +14,14 @@ def test_kv_bytes_match_cache_tensors(name, params, ref_method):
     data = inputs("padded")
     with tp.prune(model, name, **params) as run:
         out = greedy(model, data, 9)
-    held = sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-               for layer in out.past_key_values.layers)
+    held = sum(
+        layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+        for layer in out.past_key_values.layers
+    )
     kv = run.report.kv_bytes()
     assert kv["total"]["per_step"][-1] == held
     base = greedy(model, data, 9).past_key_values
-    base_held = sum(l.keys.numel() * l.keys.element_size() * 2 for l in base.layers)
+    base_held = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in base.layers)
     assert kv["total"]["baseline_peak"] == base_held
     # pruning never costs more than the baseline
     flops = run.report.flops()
@@ -46,7 +48,12 @@ def test_prefill_flops_by_hand():
     lm_head = 2 * d * c.vocab_size  # generate computes logits of the last token only
     flops = run.report.flops()
     assert flops["baseline_prefill"] == c.num_hidden_layers * layer(n_all) + lm_head
-    assert flops["prefill"] == 2 * layer(n_all) + (c.num_hidden_layers - 2) * layer(n_kept) + lm_head + flops["scoring_prefill"]
+    assert (
+        flops["prefill"]
+        == 2 * layer(n_all) + (c.num_hidden_layers - 2) * layer(n_kept) + lm_head + flops["scoring_prefill"]
+    )
     # scoring: one query row against the n_all keys of layer 1, every head
     assert flops["scoring_prefill"] == 2 * h * n_all * dh
-    assert flops["fastv_formula"]["baseline_prefill"] == c.num_hidden_layers * (4 * n_all * d * d + 2 * n_all**2 * d + 2 * n_all * d * f)
+    assert flops["fastv_formula"]["baseline_prefill"] == c.num_hidden_layers * (
+        4 * n_all * d * d + 2 * n_all**2 * d + 2 * n_all * d * f
+    )

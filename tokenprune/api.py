@@ -125,10 +125,13 @@ def resolve_adapter(model: torch.nn.Module, adapter: str | ModelAdapter | None =
     if isinstance(adapter, str):
         adapter = registry.adapter_named(adapter)
     elif not isinstance(adapter, ModelAdapter):
-        raise InvalidParameterError(f"adapter must be a registered name or a ModelAdapter, not {type(adapter).__name__}")
+        raise InvalidParameterError(
+            f"adapter must be a registered name or a ModelAdapter, not {type(adapter).__name__}"
+        )
     if not adapter.matches(model):
         raise UnsupportedModelError(
-            f"adapter '{adapter.name}' does not serve {type(model).__name__} (it serves {', '.join(adapter.model_classes)})"
+            f"adapter '{adapter.name}' does not serve {type(model).__name__} "
+            f"(it serves {', '.join(adapter.model_classes)})"
         )
     return adapter
 

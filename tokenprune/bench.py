@@ -49,18 +49,58 @@ SIZES = {
     s.name: s
     for s in [
         # 16 layers, hidden 1024, 576 visual + 64 text: what a 2-core CPU can time in minutes
-        Size("cpu-medium", TinySpec(layers=16, hidden=1024, heads=16, kv_heads=16, intermediate=2816, vocab=32000, grid=24)),
-        Size("llava15-7b", TinySpec(layers=32, hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32064, grid=24), gpu_only=True),
-        Size("llava15-13b", TinySpec(layers=40, hidden=5120, heads=40, kv_heads=40, intermediate=13824, vocab=32064, grid=24), gpu_only=True),
+        Size(
+            "cpu-medium",
+            TinySpec(layers=16, hidden=1024, heads=16, kv_heads=16, intermediate=2816, vocab=32000, grid=24),
+        ),
+        Size(
+            "llava15-7b",
+            TinySpec(layers=32, hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32064, grid=24),
+            gpu_only=True,
+        ),
+        Size(
+            "llava15-13b",
+            TinySpec(layers=40, hidden=5120, heads=40, kv_heads=40, intermediate=13824, vocab=32064, grid=24),
+            gpu_only=True,
+        ),
         # 2340 placeholder tokens (36 newlines) like a 480x640 image on LLaVA-NeXT-7B (Vicuna)
-        Size("llava-next-7b", TinySpec(layers=32, hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32064, grid=24,
-                                       family="llava_next"), image_size=(60, 80), gpu_only=True),
+        Size(
+            "llava-next-7b",
+            TinySpec(
+                layers=32,
+                hidden=4096,
+                heads=32,
+                kv_heads=32,
+                intermediate=11008,
+                vocab=32064,
+                grid=24,
+                family="llava_next",
+            ),
+            image_size=(60, 80),
+            gpu_only=True,
+        ),
         # LLaVA-NeXT length (2340 placeholders) at the CPU width: for the scoring comparison on a CPU
-        Size("cpu-next", TinySpec(layers=16, hidden=1024, heads=16, kv_heads=16, intermediate=2816, vocab=32000, grid=24,
-                                  family="llava_next"), image_size=(60, 80)),
+        Size(
+            "cpu-next",
+            TinySpec(
+                layers=16,
+                hidden=1024,
+                heads=16,
+                kv_heads=16,
+                intermediate=2816,
+                vocab=32000,
+                grid=24,
+                family="llava_next",
+            ),
+            image_size=(60, 80),
+        ),
         # for tests of the command itself: seconds on a CPU
-        Size("tiny", TinySpec(layers=4, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512, grid=6),
-             text_before=6, text_after=6),
+        Size(
+            "tiny",
+            TinySpec(layers=4, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512, grid=6),
+            text_before=6,
+            text_after=6,
+        ),
     ]
 }
 
@@ -87,22 +127,40 @@ def build(size: Size, batch: int, device: torch.device, dtype: torch.dtype):
     spec = size.spec
     model = build_model(spec, dtype=dtype).to(device)
     sizes = [[size.image_size]] * batch if size.image_size else None
-    data = make_inputs(spec, text_before=[size.text_before] * batch, text_after=[size.text_after] * batch, image_sizes=sizes)
+    data = make_inputs(
+        spec, text_before=[size.text_before] * batch, text_after=[size.text_after] * batch, image_sizes=sizes
+    )
     data = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in data.items()}
     return model, data
 
 
-def run_size(size: Size, *, batch: int, new_tokens: int, repeats: int, device: torch.device, dtype: torch.dtype,
-             on_step: Callable[[str], None] | None = None) -> dict:
+def run_size(
+    size: Size,
+    *,
+    batch: int,
+    new_tokens: int,
+    repeats: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    on_step: Callable[[str], None] | None = None,
+) -> dict:
     model, data = build(size, batch, device, dtype)
     layers = size.spec.layers
     configs = methods_for(layers)
     strategies = {label: tp.resolve_strategy(config) for label, config in configs}
-    methods = [timing.baseline_method()] + [(label, (lambda s=s: tp.prune(model, s))) for label, s in strategies.items()]
+    methods = [timing.baseline_method()] + [
+        (label, (lambda s=s: tp.prune(model, s))) for label, s in strategies.items()
+    ]
 
     def generate(n: int, stopping_criteria) -> None:
-        model.generate(**data, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
-                       stopping_criteria=stopping_criteria)
+        model.generate(
+            **data,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            num_beams=1,
+            stopping_criteria=stopping_criteria,
+        )
 
     timings = timing.measure(methods, generate, new_tokens, repeats=repeats, warmup=1, on_step=on_step)
     rel = timing.ratios(timings)
@@ -156,7 +214,7 @@ def hook_cost(model, data, strategy, pairs: int) -> dict:
     sync = timing.default_sync()
 
     def forward(hooked: bool) -> float:
-        with torch.inference_mode(), (tp.prune(model, strategy) if hooked else contextlib.nullcontext()):
+        with torch.inference_mode(), tp.prune(model, strategy) if hooked else contextlib.nullcontext():
             sync()
             start = time.perf_counter()
             model(**data, use_cache=True, logits_to_keep=1)  # what generate() runs for the prefill
@@ -204,8 +262,14 @@ def targets(rows: dict, hooks: dict, device: torch.device, size: str, batch: int
     cpu = device.type == "cpu"
     limit = 0.02 if cpu else 0.01
     cost = hooks["ratio_median"] - 1.0
-    out = [_target(f"hooks that remove nothing cost <= {limit:.0%} of prefill time (median of {hooks['pairs']} "
-                   "paired prefills)", cost, cost <= limit)]
+    out = [
+        _target(
+            f"hooks that remove nothing cost <= {limit:.0%} of prefill time (median of {hooks['pairs']} "
+            "paired prefills)",
+            cost,
+            cost <= limit,
+        )
+    ]
     for label, row in rows.items():
         if row["strategy"] is None or label == HOOKS_ONLY:
             continue
@@ -215,16 +279,29 @@ def targets(rows: dict, hooks: dict, device: torch.device, size: str, batch: int
     if size == "llava15-7b" and batch == 1:
         out += [
             _target("st3 defaults: TTFT >= 2x faster than baseline", 1 / st3["ttft_ratio"], st3["ttft_ratio"] <= 0.5),
-            _target("st3 defaults: visual KV <= 30% of baseline over the generation", st3["visual_kv_mean_ratio"],
-                    st3["visual_kv_mean_ratio"] <= 0.30),
-            _target("st3 defaults: decode ms/token no slower than baseline at batch 1", st3["decode_ratio"],
-                    st3["decode_ratio"] <= 1.0),
+            _target(
+                "st3 defaults: visual KV <= 30% of baseline over the generation",
+                st3["visual_kv_mean_ratio"],
+                st3["visual_kv_mean_ratio"] <= 0.30,
+            ),
+            _target(
+                "st3 defaults: decode ms/token no slower than baseline at batch 1",
+                st3["decode_ratio"],
+                st3["decode_ratio"] <= 1.0,
+            ),
         ]
     if size == "llava15-7b" and batch >= 16:
         out += [
-            _target(f"st3 defaults: >= 1.3x tokens/s at batch {batch}", 1 / st3["end_to_end_ratio"], st3["end_to_end_ratio"] <= 1 / 1.3),
-            _target("st3 defaults: largest batch within a fixed KV memory budget >= 2.5x baseline's",
-                    st3["kv_budget_batch_ratio"], st3["kv_budget_batch_ratio"] >= 2.5),
+            _target(
+                f"st3 defaults: >= 1.3x tokens/s at batch {batch}",
+                1 / st3["end_to_end_ratio"],
+                st3["end_to_end_ratio"] <= 1 / 1.3,
+            ),
+            _target(
+                "st3 defaults: largest batch within a fixed KV memory budget >= 2.5x baseline's",
+                st3["kv_budget_batch_ratio"],
+                st3["kv_budget_batch_ratio"] >= 2.5,
+            ),
         ]
     return out
 
@@ -251,21 +328,36 @@ def scoring_comparison(size: Size, *, new_tokens: int, repeats: int, device: tor
     model, data = build(size, 1, device, dtype)
     recomputed = tp.resolve_strategy("fastv")
     full = tp.Strategy("fastv", recomputed.params, SingleCut(layer=2, ratio=0.5), NoDecay(), FullAttentionScores())
-    methods = [timing.baseline_method(), ("fastv (sdpa, 1 recomputed row)", lambda: tp.prune(model, recomputed)),
-               ("fastv (full attention matrix at the scoring layer)", lambda: tp.prune(model, full))]
+    methods = [
+        timing.baseline_method(),
+        ("fastv (sdpa, 1 recomputed row)", lambda: tp.prune(model, recomputed)),
+        ("fastv (full attention matrix at the scoring layer)", lambda: tp.prune(model, full)),
+    ]
 
     def generate(n: int, stopping_criteria) -> None:
-        model.generate(**data, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
-                       stopping_criteria=stopping_criteria)
+        model.generate(
+            **data,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            num_beams=1,
+            stopping_criteria=stopping_criteria,
+        )
 
     timings = timing.measure(methods, generate, new_tokens, repeats=repeats, warmup=1)
     rel = timing.ratios(timings)
     fast, slow = methods[1][0], methods[2][0]
     return {
-        "size": size.name, "prompt_tokens": int(data["input_ids"].shape[1]), "new_tokens": new_tokens, "repeats": repeats,
-        "device": str(device), "dtype": str(dtype).removeprefix("torch."), "machine": timing.machine_text(device),
+        "size": size.name,
+        "prompt_tokens": int(data["input_ids"].shape[1]),
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "machine": timing.machine_text(device),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "ratios": rel, "ttft_s": {name: t.ttft for name, t in timings.items()},
+        "ratios": rel,
+        "ttft_s": {name: t.ttft for name, t in timings.items()},
         "speedup_of_recomputed_scores": ratio(timings[slow].ttft, timings[fast].ttft),
     }
 
@@ -285,8 +377,13 @@ def plot(result: dict, path: Path) -> None:
             continue
         color = next((c for key, c in families.items() if label.startswith(key)), "tab:purple")
         ax.scatter([row["prefill_flops_ratio"]], [row["ttft_ratio"]], color=color, s=36, zorder=3)
-        ax.annotate(label, (row["prefill_flops_ratio"], row["ttft_ratio"]), textcoords="offset points",
-                    xytext=(4, 3), fontsize=7)
+        ax.annotate(
+            label,
+            (row["prefill_flops_ratio"], row["ttft_ratio"]),
+            textcoords="offset points",
+            xytext=(4, 3),
+            fontsize=7,
+        )
     ax.set_xlabel("prefill FLOPs ratio (report)")
     ax.set_ylabel("TTFT ratio (measured)")
     ax.set_xlim(0, 1.1)
@@ -298,19 +395,31 @@ def plot(result: dict, path: Path) -> None:
 
 
 def print_result(result: dict, console: Console) -> None:
-    table = Table(title=f"tokenprune bench: {result['size']} (prompt {result['prompt_tokens']} tokens, batch "
-                        f"{result['batch']}, {result['new_tokens']} new tokens), {result['device']} {result['dtype']}",
-                  caption=f"{result['machine']}; medians of {result['repeats']} interleaved repeats")
+    table = Table(
+        title=f"tokenprune bench: {result['size']} (prompt {result['prompt_tokens']} tokens, batch "
+        f"{result['batch']}, {result['new_tokens']} new tokens), {result['device']} {result['dtype']}",
+        caption=f"{result['machine']}; medians of {result['repeats']} interleaved repeats",
+    )
     for column in ("method", "TTFT", "prefill FLOPs", "decode/tok", "end-to-end", "visual KV", "total KV", "peak mem"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for label, r in result["rows"].items():
         mem = f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r["peak_memory_bytes"] else "-"
-        table.add_row(label, f"{r['ttft_ratio']:.3f}", f"{r['prefill_flops_ratio']:.3f}", f"{r['decode_ratio']:.3f}",
-                      f"{r['end_to_end_ratio']:.3f}", f"{r['visual_kv_mean_ratio']:.3f}", f"{r['total_kv_mean_ratio']:.3f}", mem)
+        table.add_row(
+            label,
+            f"{r['ttft_ratio']:.3f}",
+            f"{r['prefill_flops_ratio']:.3f}",
+            f"{r['decode_ratio']:.3f}",
+            f"{r['end_to_end_ratio']:.3f}",
+            f"{r['visual_kv_mean_ratio']:.3f}",
+            f"{r['total_kv_mean_ratio']:.3f}",
+            mem,
+        )
     console.print(table)
     hooks = result["hook_cost"]
-    console.print(f"  hooks that remove nothing, {hooks['pairs']} paired prefills: median ratio {hooks['ratio_median']:.4f} "
-                  f"(quartiles {hooks['ratio_quartiles'][0]:.4f}-{hooks['ratio_quartiles'][1]:.4f})")
+    console.print(
+        f"  hooks that remove nothing, {hooks['pairs']} paired prefills: median ratio {hooks['ratio_median']:.4f} "
+        f"(quartiles {hooks['ratio_quartiles'][0]:.4f}-{hooks['ratio_quartiles'][1]:.4f})"
+    )
     for t in result["targets"]:
         mark = "[green]met[/green]" if t["met"] else "[red]missed[/red]"
         console.print(f"  {mark}  {t['target']} (measured {t['value']:.3f})")
@@ -318,15 +427,24 @@ def print_result(result: dict, console: Console) -> None:
 
 # ------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", action="append", choices=sorted(SIZES),
-                        help="model shape(s) to run (default: cpu-medium on CPU; the 7B, 13B and NeXT-7B shapes on CUDA)")
+    parser.add_argument(
+        "--size",
+        action="append",
+        choices=sorted(SIZES),
+        help="model shape(s) to run (default: cpu-medium on CPU; the 7B, 13B and NeXT-7B shapes on CUDA)",
+    )
     parser.add_argument("--batch", type=int, action="append", help="batch size(s) (default 1; 1 and 16 on CUDA)")
     parser.add_argument("--new-tokens", type=int, help="greedy tokens per generation (default 32 on CPU, 128 on CUDA)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are reported (default 5)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="where results go (default benchmarks/results)")
-    parser.add_argument("--scoring", action="store_true",
-                        help="instead: FastV's recomputed one-row scores vs the full attention matrix, at LLaVA-NeXT length")
+    parser.add_argument(
+        "--out", default="benchmarks/results", metavar="DIR", help="where results go (default benchmarks/results)"
+    )
+    parser.add_argument(
+        "--scoring",
+        action="store_true",
+        help="instead: FastV's recomputed one-row scores vs the full attention matrix, at LLaVA-NeXT length",
+    )
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
@@ -337,7 +455,9 @@ def command(args: argparse.Namespace, console: Console) -> int:
     sizes = args.size or (["llava15-7b", "llava15-13b", "llava-next-7b"] if cuda else ["cpu-medium"])
     for name in sizes:
         if SIZES[name].gpu_only and not cuda:
-            raise ConfigError(f"size {name} is a GPU size (7B-class weights); run it on a CUDA device or use cpu-medium")
+            raise ConfigError(
+                f"size {name} is a GPU size (7B-class weights); run it on a CUDA device or use cpu-medium"
+            )
     batches = args.batch or ([1, 16] if cuda else [1])
     new_tokens = args.new_tokens or (128 if cuda else 32)
     if new_tokens < 2 or args.repeats < 1 or any(b < 1 for b in batches):
@@ -348,19 +468,35 @@ def command(args: argparse.Namespace, console: Console) -> int:
     if args.scoring:
         size = SIZES[args.size[0] if args.size else ("llava-next-7b" if cuda else "cpu-next")]
         result = scoring_comparison(size, new_tokens=2, repeats=args.repeats, device=device, dtype=dtype)
-        result["command"] = f"tokenprune bench --scoring --size {size.name} --repeats {args.repeats} --device {args.device}"
+        result["command"] = (
+            f"tokenprune bench --scoring --size {size.name} --repeats {args.repeats} --device {args.device}"
+        )
         (out / f"scoring-{size.name}.json").write_text(json.dumps(result, indent=1))
         for name, rel in result["ratios"].items():
             console.print(f"{name}: TTFT ratio {rel['ttft_ratio']:.3f} ({result['ttft_s'][name]:.2f} s)")
-        console.print(f"recomputed scores are {result['speedup_of_recomputed_scores']:.2f}x faster to first token "
-                      f"at {result['prompt_tokens']} tokens; written: {out / f'scoring-{size.name}.json'}")
+        console.print(
+            f"recomputed scores are {result['speedup_of_recomputed_scores']:.2f}x faster to first token "
+            f"at {result['prompt_tokens']} tokens; written: {out / f'scoring-{size.name}.json'}"
+        )
         return 0
     for name in sizes:
         for batch in batches:
-            console.print(f"[bold]{name}[/bold], batch {batch}: timing {len(methods_for(SIZES[name].spec.layers)) + 1} methods ...")
-            result = run_size(SIZES[name], batch=batch, new_tokens=new_tokens, repeats=args.repeats, device=device, dtype=dtype)
+            console.print(
+                f"[bold]{name}[/bold], batch {batch}: "
+                f"timing {len(methods_for(SIZES[name].spec.layers)) + 1} methods ..."
+            )
+            result = run_size(
+                SIZES[name], batch=batch, new_tokens=new_tokens, repeats=args.repeats, device=device, dtype=dtype
+            )
             result["command"] = "tokenprune bench " + " ".join(
-                [f"--size {name}", f"--batch {batch}", f"--new-tokens {new_tokens}", f"--repeats {args.repeats}", f"--device {args.device}"])
+                [
+                    f"--size {name}",
+                    f"--batch {batch}",
+                    f"--new-tokens {new_tokens}",
+                    f"--repeats {args.repeats}",
+                    f"--device {args.device}",
+                ]
+            )
             stem = f"{name}-b{batch}"
             (out / f"bench-{stem}.json").write_text(json.dumps(result, indent=1))
             plot(result, out / f"time_vs_flops-{stem}.png")

@@ -44,7 +44,7 @@ def compact(keep: torch.Tensor, length: int | None = None) -> torch.Tensor:
     if length is None:
         length = int(keep.sum(1).max())
     order = torch.argsort(keep.long() * columns + torch.arange(columns, device=keep.device), dim=1)
-    return order[:, columns - length:]
+    return order[:, columns - length :]
 
 
 class _Tail:
@@ -118,7 +118,7 @@ class PrunableLayer(DynamicLayer):
     def _with_tail(self, head: torch.Tensor, tail_part: torch.Tensor | None, columns: int) -> torch.Tensor:
         if columns <= 0:
             return head
-        return torch.cat([head, tail_part[:, self.tail_from:self.tail_from + columns]], 1)
+        return torch.cat([head, tail_part[:, self.tail_from : self.tail_from + columns]], 1)
 
     def _tail_meta(self, index: int):
         return self.tail.on(self.head_valid.device)[index] if self.tail.valid is not None else None
@@ -188,7 +188,7 @@ class PrunableLayer(DynamicLayer):
         most = max(count)
         # Descending and stable: non-visual entries (+inf) first, the lowest visual ones last.
         order = torch.argsort(self.scores, dim=1, descending=True, stable=True)
-        index = order[:, order.shape[1] - most:]
+        index = order[:, order.shape[1] - most :]
         if min(count) == most:
             self.head_valid = self.head_valid.scatter(1, index, False)
             self.scores = self.scores.scatter(1, index, float("inf"))
@@ -206,7 +206,9 @@ class PrunableLayer(DynamicLayer):
         length = int(held.max())
         index = compact(valid, length)
         # Filler columns gather entries that are not real (evicted or padding): never visual, scored +inf.
-        self.head_valid, self.head_positions, self.head_visual = (t.gather(1, index) for t in (valid, positions, visual))
+        self.head_valid, self.head_positions, self.head_visual = (
+            t.gather(1, index) for t in (valid, positions, visual)
+        )
         if self.scores is not None:
             padded = torch.cat([self.scores, self.scores.new_full((self.scores.shape[0], extra), float("inf"))], 1)
             self.scores = padded.gather(1, index)

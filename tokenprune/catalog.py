@@ -56,14 +56,16 @@ def describe_params(model: type[BaseModel]) -> list[dict]:
                     bounds.append(f"{symbol} {value}")
         required = info.default is PydanticUndefined and info.default_factory is None
         default = None if required else (info.default_factory() if info.default_factory else info.default)
-        described.append({
-            "name": name,
-            "type": type_name(info.annotation),
-            "required": required,
-            "default": default,
-            "range": ", ".join(bounds),
-            "description": info.description or "",
-        })
+        described.append(
+            {
+                "name": name,
+                "type": type_name(info.annotation),
+                "required": required,
+                "default": default,
+                "range": ", ".join(bounds),
+                "description": info.description or "",
+            }
+        )
     return described
 
 
@@ -76,18 +78,18 @@ def catalog(reg: registry.Registry) -> dict:
             item = components[name]
             origin = reg.origins[(kind, name)]
             params_model = item.params if kind != "adapter" else item.Options
-            entries.append({
-                "name": name,
-                "description": (item.description if kind != "adapter" else (type(item).__doc__ or "")).strip(),
-                "parameters": describe_params(params_model),
-                "plugin": origin.plugin,
-                "distribution": origin.distribution,
-                **({"model_classes": list(item.model_classes)} if kind == "adapter" else {}),
-            })
+            entries.append(
+                {
+                    "name": name,
+                    "description": (item.description if kind != "adapter" else (type(item).__doc__ or "")).strip(),
+                    "parameters": describe_params(params_model),
+                    "plugin": origin.plugin,
+                    "distribution": origin.distribution,
+                    **({"model_classes": list(item.model_classes)} if kind == "adapter" else {}),
+                }
+            )
         out[kind] = entries
-    out["problems"] = [
-        {"plugin": p.plugin, "distribution": p.distribution, "message": p.message} for p in reg.problems
-    ]
+    out["problems"] = [{"plugin": p.plugin, "distribution": p.distribution, "message": p.message} for p in reg.problems]
     return out
 
 
@@ -114,7 +116,10 @@ def print_catalog(listing: dict, console: Console) -> None:
             if entry.get("model_classes"):
                 description += f"\n[dim]{escape(', '.join(entry['model_classes']))}[/dim]"
             table.add_row(
-                escape(entry["name"]), params, description, escape(f"{entry['distribution']}\nplugin '{entry['plugin']}'")
+                escape(entry["name"]),
+                params,
+                description,
+                escape(f"{entry['distribution']}\nplugin '{entry['plugin']}'"),
             )
         console.print(table)
     if listing["problems"]:

@@ -108,8 +108,16 @@ class Method:
 class Comparison:
     """One comparison run; `run()` fills the cells, `results()` turns them into rows."""
 
-    def __init__(self, config: CompareConfig, out: Path, *, force: bool = False, source: str = "<config>",
-                 console: Console | None = None, progress_console: Console | None = None) -> None:
+    def __init__(
+        self,
+        config: CompareConfig,
+        out: Path,
+        *,
+        force: bool = False,
+        source: str = "<config>",
+        console: Console | None = None,
+        progress_console: Console | None = None,
+    ) -> None:
         self.config, self.out, self.source = config, Path(out), source
         self.console = console or Console()
         self.progress_console = progress_console or Console(stderr=True)
@@ -123,20 +131,32 @@ class Comparison:
     # -------------------------------------------------------------------------------- setup
     def _prune(self, strategy: tp.Strategy):
         model = self.config.model
-        return tp.prune(self.loaded.model, strategy, adapter=model.adapter, adapter_options=model.adapter_options or None)
+        return tp.prune(
+            self.loaded.model, strategy, adapter=model.adapter, adapter_options=model.adapter_options or None
+        )
 
     def setup(self) -> None:
         c = self.config
-        self.loaded = load_model(c.model.source, family=c.model.family, tiny=c.model.tiny, dtype=c.model.dtype,
-                                 device=c.model.device, attn=c.model.attn, seed=c.model.seed)
-        self.samples = datasets.load_samples(c.data.format, c.data.path, limit=c.data.limit, seed=c.data.seed,
-                                             image_root=c.data.image_root)
+        self.loaded = load_model(
+            c.model.source,
+            family=c.model.family,
+            tiny=c.model.tiny,
+            dtype=c.model.dtype,
+            device=c.model.device,
+            attn=c.model.attn,
+            seed=c.model.seed,
+        )
+        self.samples = datasets.load_samples(
+            c.data.format, c.data.path, limit=c.data.limit, seed=c.data.seed, image_root=c.data.image_root
+        )
         for spec in self.specs:
             if spec.strategy is not None:
                 try:
                     self._prune(spec.strategy).strategy.check(self.loaded.num_layers)
                 except TokenpruneError as exc:
-                    raise ConfigError(f"{self.source}: strategy '{spec.label}' does not fit {self.loaded.description}: {exc}") from None
+                    raise ConfigError(
+                        f"{self.source}: strategy '{spec.label}' does not fit {self.loaded.description}: {exc}"
+                    ) from None
         if self.force and self.cells.root.exists():  # only once the config is known to be good
             shutil.rmtree(self.cells.root)
         self.fingerprint = {
@@ -163,8 +183,11 @@ class Comparison:
             chosen = self.samples[: settings.calibration_samples]
             self._status(f"calibrating VTW's k on {len(chosen)} samples (eta {settings.eta})")
             result = tp.find_k(
-                self.loaded.model, [self.loaded.inputs(s.images, s.prompt) for s in chosen], settings.eta,
-                adapter=self.config.model.adapter, adapter_options=self.config.model.adapter_options or None,
+                self.loaded.model,
+                [self.loaded.inputs(s.images, s.prompt) for s in chosen],
+                settings.eta,
+                adapter=self.config.model.adapter,
+                adapter_options=self.config.model.adapter_options or None,
             )
             found = result.to_dict()
             self.cells.write(name, found)
@@ -176,8 +199,15 @@ class Comparison:
         c = self.config
         timed = "timing" in c.metrics and c.timing.samples > 0
         n = len(self.samples)
-        with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), console=self.progress_console, transient=True) as progress:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.progress_console,
+            transient=True,
+        ) as progress:
             self.progress = progress
             self.task = progress.add_task("setting up", total=(1 + len(self.specs)) * n)
             try:
@@ -207,8 +237,10 @@ class Comparison:
         try:
             if any(m.records for m in self.methods):
                 self.write_results()
-                self.console.print(f"[yellow]stopped early; finished cells are saved in {self.out}/cells and "
-                                   "summarised in results.md; run the same command again to resume[/yellow]")
+                self.console.print(
+                    f"[yellow]stopped early; finished cells are saved in {self.out}/cells and "
+                    "summarised in results.md; run the same command again to resume[/yellow]"
+                )
         except Exception as exc:  # noqa: BLE001 - never hide the original error behind a reporting one
             self.console.print(f"[red]could not write partial results: {exc!r}[/red]")
 
@@ -217,8 +249,9 @@ class Comparison:
             self.progress.update(self.task, description=text)
 
     def _generate(self, inputs: dict, **extra):
-        return self.loaded.model.generate(**inputs, max_new_tokens=self.config.generation.max_new_tokens,
-                                          do_sample=False, num_beams=1, **extra)
+        return self.loaded.model.generate(
+            **inputs, max_new_tokens=self.config.generation.max_new_tokens, do_sample=False, num_beams=1, **extra
+        )
 
     def _quality(self, method: Method) -> None:
         """One greedy generation per sample; each finished sample is appended to the method's cell at once."""
@@ -247,8 +280,10 @@ class Comparison:
                 record.update(agreement=1.0, first_token_kl=0.0)
             else:
                 reference = torch.load(self.cells.tensor_path(base.cell, index))
-                record.update(agreement=agreement(tokens, base.records[index]["tokens"]),
-                              first_token_kl=first_token_kl(logits, reference))
+                record.update(
+                    agreement=agreement(tokens, base.records[index]["tokens"]),
+                    first_token_kl=first_token_kl(logits, reference),
+                )
                 record.update(_report_summary(report))
             method.records[index] = record
             self.cells.append(method.cell, record)
@@ -267,17 +302,30 @@ class Comparison:
             inputs = self.loaded.inputs(sample.images, sample.prompt)
 
             def generate(n: int, stopping_criteria, inputs=inputs):
-                self.loaded.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                           num_beams=1, stopping_criteria=stopping_criteria)
+                self.loaded.model.generate(
+                    **inputs,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    num_beams=1,
+                    stopping_criteria=stopping_criteria,
+                )
 
             methods = [timing.baseline_method(), (method.label, lambda: self._prune(method.strategy))]
-            measured = timing.measure(methods, generate, new_tokens=max(2, c.generation.max_new_tokens),
-                                      repeats=c.timing.repeats, warmup=c.timing.warmup)
-            per_sample.append({
-                "ratios": timing.ratios(measured)[method.label],
-                "baseline": measured[BASELINE].to_dict(),
-                "pruned": measured[method.label].to_dict(),
-            })
+            measured = timing.measure(
+                methods,
+                generate,
+                new_tokens=max(2, c.generation.max_new_tokens),
+                repeats=c.timing.repeats,
+                warmup=c.timing.warmup,
+            )
+            per_sample.append(
+                {
+                    "ratios": timing.ratios(measured)[method.label],
+                    "baseline": measured[BASELINE].to_dict(),
+                    "pruned": measured[method.label].to_dict(),
+                }
+            )
         method.timing = {
             key: statistics.median(s["ratios"][key] for s in per_sample)
             for key in ("ttft_ratio", "decode_ratio", "end_to_end_ratio")
@@ -303,10 +351,17 @@ class Comparison:
                 continue
             self._status(f"drawing kept tokens of sample {index + 1}")
             inputs = self.loaded.inputs(sample.images, sample.prompt)
-            render(self.loaded.model, inputs, sample.images[0], [m.strategy for m in drawn], path,
-                   labels=[textwrap.fill(m.label, 22) for m in drawn], adapter=self.config.model.adapter,
-                   adapter_options=self.config.model.adapter_options or None,
-                   title=f"sample {sample.id}: visual tokens kept at each cut layer")
+            render(
+                self.loaded.model,
+                inputs,
+                sample.images[0],
+                [m.strategy for m in drawn],
+                path,
+                labels=[textwrap.fill(m.label, 22) for m in drawn],
+                adapter=self.config.model.adapter,
+                adapter_options=self.config.model.adapter_options or None,
+                title=f"sample {sample.id}: visual tokens kept at each cut layer",
+            )
             self.cells.write(marker, {"path": str(path.relative_to(self.out)), "strategies": [m.label for m in drawn]})
 
     # -------------------------------------------------------------------------------- results
@@ -316,8 +371,11 @@ class Comparison:
         for method in self.methods:
             baseline = method is self.methods[0]
             records = [method.records[i] for i in sorted(method.records)]
-            row: dict[str, Any] = {"label": method.label, "samples": len(records),
-                                   "strategy": method.strategy.describe() if method.strategy else None}
+            row: dict[str, Any] = {
+                "label": method.label,
+                "samples": len(records),
+                "strategy": method.strategy.describe() if method.strategy else None,
+            }
             if method.error:
                 row["error"] = method.error
             if method.calibration:
@@ -335,8 +393,13 @@ class Comparison:
             "tokenprune_version": tp.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": timing.machine(self.loaded.device if self.loaded else torch.device("cpu")),
-            "model": {"description": self.loaded.description, "source": self.loaded.source, "layers": self.loaded.num_layers}
-            if self.loaded else None,
+            "model": {
+                "description": self.loaded.description,
+                "source": self.loaded.source,
+                "layers": self.loaded.num_layers,
+            }
+            if self.loaded
+            else None,
             "data": {**self.config.data.model_dump(), "task": task, "samples": len(self.samples)},
             "config": self.config.model_dump(),
             "rows": rows,
@@ -360,7 +423,10 @@ def _report_summary(report) -> dict:
     base_visual = kv["visual"]["baseline_peak"]
     return {
         "flops": {k: flops[k] for k in ("prefill", "decode", "baseline_prefill", "baseline_decode")},
-        "kv": {part: {k: kv[part][k] for k in ("mean", "baseline_mean", "peak", "baseline_peak")} for part in ("visual", "total")},
+        "kv": {
+            part: {k: kv[part][k] for k in ("mean", "baseline_mean", "peak", "baseline_peak")}
+            for part in ("visual", "total")
+        },
         "visual_tokens": report.visual_tokens[0],
         "visual_tokens_per_layer": [layer[0] for layer in report.prefill_visual_tokens],
         "visual_kv_fraction_per_step": [ratio(v, base_visual) for v in kv["visual"]["per_step"]],
@@ -383,8 +449,15 @@ def _aggregate(records: list[dict], baseline: bool) -> dict:
         "agreement": statistics.fmean(r["agreement"] for r in records),
     }
     if baseline:
-        return row | {"prefill_flops_ratio": 1.0, "total_flops_ratio": 1.0, "visual_kv_ratio": 1.0, "total_kv_ratio": 1.0}
-    flops = {k: sum(r["flops"][k] for r in records) for k in ("prefill", "decode", "baseline_prefill", "baseline_decode")}
+        return row | {
+            "prefill_flops_ratio": 1.0,
+            "total_flops_ratio": 1.0,
+            "visual_kv_ratio": 1.0,
+            "total_kv_ratio": 1.0,
+        }
+    flops = {
+        k: sum(r["flops"][k] for r in records) for k in ("prefill", "decode", "baseline_prefill", "baseline_decode")
+    }
     return row | {
         "prefill_flops_ratio": ratio(flops["prefill"], flops["baseline_prefill"]),
         "total_flops_ratio": ratio(
@@ -444,8 +517,11 @@ def write_csv(results: dict, path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow([key for _, key, _ in COLUMNS] + task + ["samples", "error"])
         for row in results["rows"]:
-            writer.writerow([fn(row) for _, _, fn in COLUMNS] + [(row.get("task") or {}).get(n, "") for n in task]
-                            + [row["samples"], row.get("error", "")])
+            writer.writerow(
+                [fn(row) for _, _, fn in COLUMNS]
+                + [(row.get("task") or {}).get(n, "") for n in task]
+                + [row["samples"], row.get("error", "")]
+            )
 
 
 def markdown(results: dict) -> str:
@@ -456,8 +532,10 @@ def markdown(results: dict) -> str:
         "",
         f"Data: {d['format']} ({d['samples']} samples, task {d['task']}); "
         f"{results['config']['generation']['max_new_tokens']} greedy new tokens. "
-        f"Machine: {results['machine']['platform']}, torch {results['machine']['torch']}, device {results['machine']['device']}"
-        + (f" ({results['machine']['gpu']})" if "gpu" in results["machine"] else "") + f". Date: {results['date']}.",
+        f"Machine: {results['machine']['platform']}, torch {results['machine']['torch']}, "
+        f"device {results['machine']['device']}"
+        + (f" ({results['machine']['gpu']})" if "gpu" in results["machine"] else "")
+        + f". Date: {results['date']}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
@@ -474,7 +552,11 @@ def markdown(results: dict) -> str:
         if row.get("calibration"):
             cal = row["calibration"]
             curve = ", ".join(f"k={p['k']}: {p['kl']:.3g}" for p in cal["curve"])
-            lines += ["", f"{row['label']}: k={cal['k']} calibrated with eta {cal['eta']} on {cal['samples']} samples. KL curve: {curve}."]
+            lines += [
+                "",
+                f"{row['label']}: k={cal['k']} calibrated with eta {cal['eta']} on {cal['samples']} samples. "
+                f"KL curve: {curve}.",
+            ]
         if row.get("error"):
             lines += ["", f"{row['label']} failed: {row['error']}"]
         note = (row.get("task") or {}).get("note")
@@ -490,7 +572,9 @@ def markdown(results: dict) -> str:
 # ------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="comparison config (.yaml, .yml or .toml)")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: the config's `output`, else ./compare-out)")
+    parser.add_argument(
+        "--out", metavar="DIR", help="output folder (default: the config's `output`, else ./compare-out)"
+    )
     parser.add_argument("--force", action="store_true", help="recompute every cell instead of resuming")
 
 
@@ -502,7 +586,9 @@ def command(args: argparse.Namespace, console: Console) -> int:
     header, rows = table_rows(results)
     from rich.table import Table
 
-    table = Table(title=f"tokenprune compare: {results['model']['description']}", caption=f"written to {out}/results.md")
+    table = Table(
+        title=f"tokenprune compare: {results['model']['description']}", caption=f"written to {out}/results.md"
+    )
     for i, title in enumerate(header):
         table.add_column(title, justify="left" if i == 0 else "right")
     for cells in rows:

@@ -19,11 +19,11 @@ built in Python. Relative paths are relative to the config file's folder.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,8 +38,12 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    source: str = Field("tiny", description="'tiny' (the embedded random model) or a local Hugging Face model directory")
-    family: Literal["llava", "llava_next"] = Field("llava", description="family of the tiny model (ignored for a directory)")
+    source: str = Field(
+        "tiny", description="'tiny' (the embedded random model) or a local Hugging Face model directory"
+    )
+    family: Literal["llava", "llava_next"] = Field(
+        "llava", description="family of the tiny model (ignored for a directory)"
+    )
     tiny: dict[str, int] | None = Field(None, description="TinySpec overrides for the tiny model, e.g. {layers: 8}")
     adapter: str | None = Field(None, description="adapter name; default: found from the model class")
     adapter_options: dict[str, Any] = Field(default_factory=dict)
@@ -159,7 +163,9 @@ def _resolve_paths(config: CompareConfig, base: Path) -> CompareConfig:
     model = config.model
     if model.source != "tiny":
         model = model.model_copy(update={"source": resolve(model.source)})
-    data = config.data.model_copy(update={"path": resolve(config.data.path), "image_root": resolve(config.data.image_root)})
+    data = config.data.model_copy(
+        update={"path": resolve(config.data.path), "image_root": resolve(config.data.image_root)}
+    )
     return config.model_copy(update={"model": model, "data": data, "output": resolve(config.output)})
 
 
@@ -189,7 +195,9 @@ def strategy_specs(config: CompareConfig, source: str = "<config>") -> list[Stra
     labels = [s.label for s in specs]
     if "baseline" in labels:
         i = labels.index("baseline")
-        raise ConfigError(f"{source}: strategies[{i}].label: 'baseline' is reserved for the unpruned row; choose another label")
+        raise ConfigError(
+            f"{source}: strategies[{i}].label: 'baseline' is reserved for the unpruned row; choose another label"
+        )
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise ConfigError(f"{source}: strategies: labels must be unique, {duplicates} appear twice; add `label:` keys")
@@ -208,7 +216,9 @@ def _strategy_spec(reg, entry: dict, where: str, source: str):
             raise ConfigError(f"{source}: {where}.compose: expected a mapping of score / schedule / decay")
         for kind, part in parts.items():
             if kind not in ("score", "schedule", "decay"):
-                raise ConfigError(f"{source}: {where}.compose.{kind}: unknown part; the parts are score, schedule, decay")
+                raise ConfigError(
+                    f"{source}: {where}.compose.{kind}: unknown part; the parts are score, schedule, decay"
+                )
             _check_part(reg, kind, part, f"{where}.compose.{kind}", source)
         return compose(**parts), None
     if "name" not in entry:

@@ -46,7 +46,13 @@ from .errors import DataError
 
 FORMATS = ("jsonl", "scienceqa", "pope", "caption", "synthetic")
 TASKS = ("open", "multiple_choice", "yes_no", "caption")
-_TASK_OF = {"jsonl": "open", "scienceqa": "multiple_choice", "pope": "yes_no", "caption": "caption", "synthetic": "open"}
+_TASK_OF = {
+    "jsonl": "open",
+    "scienceqa": "multiple_choice",
+    "pope": "yes_no",
+    "caption": "caption",
+    "synthetic": "open",
+}
 
 SCIENCEQA_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."
@@ -94,7 +100,10 @@ def load_samples(
             raise DataError(f"the synthetic format is generated and takes no path (got {path!r})")
         return [_synthetic_sample(scene) for scene in _scenes(limit or 8, seed)]
     if path is None:
-        raise DataError(f"format {format!r} needs a path ({'a .jsonl file' if format == 'jsonl' else 'a .parquet file or a folder of them'})")
+        raise DataError(
+            f"format {format!r} needs a path "
+            f"({'a .jsonl file' if format == 'jsonl' else 'a .parquet file or a folder of them'})"
+        )
     if format == "jsonl":
         return _load_jsonl(Path(path), limit, seed, image_root)
     return _load_parquet(format, Path(path), limit, seed, image_root)
@@ -202,8 +211,16 @@ def _jsonl_row(file: Path, number: int, obj: dict) -> tuple[int, str, list[str],
 
 
 # Columns each parquet layout needs; for "caption" the references may sit under any of several names.
-_REQUIRED = {"scienceqa": ("image", "question", "choices", "answer"), "pope": ("image", "question", "answer"), "caption": ("image",)}
-_ID_COLUMNS = {"scienceqa": ("id",), "pope": ("question_id", "id"), "caption": ("question_id", "id", "img_id", "image_id")}
+_REQUIRED = {
+    "scienceqa": ("image", "question", "choices", "answer"),
+    "pope": ("image", "question", "answer"),
+    "caption": ("image",),
+}
+_ID_COLUMNS = {
+    "scienceqa": ("id",),
+    "pope": ("question_id", "id"),
+    "caption": ("question_id", "id", "img_id", "image_id"),
+}
 _CAPTION_REFERENCES = ("answer", "caption", "annotations_captions")
 
 
@@ -259,7 +276,10 @@ def _columns(format: str, file: Path, found: list[str]) -> dict[str, str]:
     columns = {}
     for name in _REQUIRED[format]:
         if name not in found:
-            raise DataError(f"{_where(file, field=name)}: missing column for the {format} layout (columns found: {', '.join(found)})")
+            raise DataError(
+                f"{_where(file, field=name)}: missing column for the {format} layout "
+                f"(columns found: {', '.join(found)})"
+            )
         columns[name] = name
     if format == "caption":
         refs = next((c for c in _CAPTION_REFERENCES if c in found), None)
@@ -299,27 +319,41 @@ def _parquet_sample(format: str, file: Path, index: int, values: dict, root: Pat
         question = _text(values["question"], _where(file, row, "question"))
         choices = values["choices"]
         if not isinstance(choices, list) or not choices or len(choices) > len(LETTERS):
-            raise DataError(f"{_where(file, row, 'choices')}: expected a list of 1 to {len(LETTERS)} options, got {choices!r}")
+            raise DataError(
+                f"{_where(file, row, 'choices')}: expected a list of 1 to {len(LETTERS)} options, got {choices!r}"
+            )
         answer = values["answer"]
         if isinstance(answer, bool) or not isinstance(answer, int):
             raise DataError(f"{_where(file, row, 'answer')}: expected an option index, got {answer!r}")
         if not 0 <= answer < len(choices):
             raise DataError(f"{_where(file, row, 'answer')}: index {answer} is out of range for {len(choices)} choices")
         return Sample(
-            id=sample_id, images=(image,), prompt=scienceqa_prompt(question, choices, values.get("hint")),
-            answer=LETTERS[answer], choices=tuple(map(str, choices)), task="multiple_choice",
+            id=sample_id,
+            images=(image,),
+            prompt=scienceqa_prompt(question, choices, values.get("hint")),
+            answer=LETTERS[answer],
+            choices=tuple(map(str, choices)),
+            task="multiple_choice",
         )
     if format == "pope":
         question = _text(values["question"], _where(file, row, "question"))
         answer = (_text(values["answer"], _where(file, row, "answer")) or "").strip().lower()
         if answer not in ("yes", "no"):
             raise DataError(f"{_where(file, row, 'answer')}: expected 'yes' or 'no', got {values['answer']!r}")
-        return Sample(id=sample_id, images=(image,), prompt=f"{question}\n{SHORT_ANSWER_INSTRUCTION}", answer=answer, task="yes_no")
+        return Sample(
+            id=sample_id,
+            images=(image,),
+            prompt=f"{question}\n{SHORT_ANSWER_INSTRUCTION}",
+            answer=answer,
+            task="yes_no",
+        )
     refs = values["references"]
     if isinstance(refs, str):
         refs = [refs]
     if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
-        raise DataError(f"{_where(file, row, 'references')}: expected a non-empty list of reference captions, got {refs!r}")
+        raise DataError(
+            f"{_where(file, row, 'references')}: expected a non-empty list of reference captions, got {refs!r}"
+        )
     return Sample(id=sample_id, images=(image,), prompt=CAPTION_PROMPT, references=tuple(refs), task="caption")
 
 
@@ -332,8 +366,12 @@ def scienceqa_prompt(question: str, choices: Iterable[str], hint: str | None = N
 
 # ------------------------------------------------------------------------------------------- synthetic
 COLOURS = {
-    "red": (220, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 220),
-    "yellow": (240, 220, 30), "orange": (250, 140, 20), "purple": (140, 50, 170),
+    "red": (220, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 30),
+    "orange": (250, 140, 20),
+    "purple": (140, 50, 170),
 }
 BACKGROUNDS = {"white": (250, 250, 250), "black": (10, 10, 10), "grey": (128, 128, 128)}
 SHAPES = ("square", "circle", "triangle")
@@ -394,8 +432,11 @@ def _synthetic_question(scene: _Scene) -> tuple[str, str]:
 def _synthetic_sample(scene: _Scene) -> Sample:
     question, answer = _synthetic_question(scene)
     return Sample(
-        id=f"synthetic-{scene.index}", images=(scene.image,), prompt=f"{question}\n{SHORT_ANSWER_INSTRUCTION}",
-        answer=answer, task="open",
+        id=f"synthetic-{scene.index}",
+        images=(scene.image,),
+        prompt=f"{question}\n{SHORT_ANSWER_INSTRUCTION}",
+        answer=answer,
+        task="open",
     )
 
 
@@ -410,7 +451,9 @@ def write_synthetic(format: str, directory: str | Path, n: int = 8, seed: int = 
     give `load_samples` (the .jsonl file, or the folder of parquet files, split in two when n > 1)."""
     _check_format(format)
     if format == "synthetic":
-        raise DataError("the synthetic format is generated in memory; call load_samples('synthetic') (no files to write)")
+        raise DataError(
+            "the synthetic format is generated in memory; call load_samples('synthetic') (no files to write)"
+        )
     if n < 1:
         raise DataError(f"n must be >= 1, not {n}")
     directory = Path(directory)
@@ -441,29 +484,44 @@ def _parquet_row(format: str, scene: _Scene, rng: random.Random) -> dict:
         choices = distractors + [colour]
         rng.shuffle(choices)
         return {
-            "image": image, "question": f"What colour is the {shape}?", "choices": choices,
-            "answer": choices.index(colour), "hint": "The picture shows some shapes." if scene.index % 2 else "",
-            "task": "closed choice", "grade": "grade1", "subject": "natural science", "topic": "colours",
-            "category": "Shapes", "skill": "Identify colours", "lecture": "", "solution": "",
+            "image": image,
+            "question": f"What colour is the {shape}?",
+            "choices": choices,
+            "answer": choices.index(colour),
+            "hint": "The picture shows some shapes." if scene.index % 2 else "",
+            "task": "closed choice",
+            "grade": "grade1",
+            "subject": "natural science",
+            "topic": "colours",
+            "category": "Shapes",
+            "skill": "Identify colours",
+            "lecture": "",
+            "solution": "",
         }
     if format == "pope":
         present = scene.index % 2 == 0  # balanced yes/no
         asked_colour, asked_shape = (colour, shape) if present else scene.missing
         return {
-            "id": str(scene.index), "question_id": str(scene.index + 1),
+            "id": str(scene.index),
+            "question_id": str(scene.index + 1),
             "question": f"Is there a {asked_colour} {asked_shape} in the image?",
-            "answer": "yes" if present else "no", "image_source": f"synthetic_{scene.index}",
-            "image": image, "category": ("adversarial", "popular", "random")[scene.index % 3],
+            "answer": "yes" if present else "no",
+            "image_source": f"synthetic_{scene.index}",
+            "image": image,
+            "category": ("adversarial", "popular", "random")[scene.index % 3],
         }
     listed = " and ".join(_a(f"{c} {s}") for c, s in scene.objects)
     return {
-        "question_id": f"{scene.index:04d}.png", "image": image, "question": CAPTION_PROMPT,
+        "question_id": f"{scene.index:04d}.png",
+        "image": image,
+        "question": CAPTION_PROMPT,
         "answer": [
             f"{listed.capitalize()} on a {scene.background} background.",
             f"A picture of {NUMBERS[len(scene.objects)]} {'shape' if len(scene.objects) == 1 else 'shapes'}.",
             f"{_a(f'{colour} {shape}').capitalize()}.",
         ],
-        "id": scene.index, "file_name": f"{scene.index:04d}.png",
+        "id": scene.index,
+        "file_name": f"{scene.index:04d}.png",
     }
 
 
@@ -476,7 +534,7 @@ def _write_parquet_split(directory: Path, rows: list[dict]) -> None:
     import pyarrow.parquet as pq
 
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    parts = [rows] if len(rows) < 2 else [rows[: len(rows) // 2], rows[len(rows) // 2:]]
+    parts = [rows] if len(rows) < 2 else [rows[: len(rows) // 2], rows[len(rows) // 2 :]]
     for i, part in enumerate(parts):
         table = pa.Table.from_pylist(part)
         table = table.set_column(table.schema.get_field_index("image"), "image", table.column("image").cast(image_type))
@@ -504,5 +562,7 @@ def score_predictions(task: str, predictions: list[str], samples: list[Sample]) 
     pairs = [(p or "", s.answer) for p, s in zip(predictions, samples, strict=True) if s.answer is not None]
     if not pairs:
         return {}
-    scorer = {"multiple_choice": metrics.choice_scores, "yes_no": metrics.yes_no_scores, "open": metrics.open_scores}[task]
+    scorer = {"multiple_choice": metrics.choice_scores, "yes_no": metrics.yes_no_scores, "open": metrics.open_scores}[
+        task
+    ]
     return scorer([p for p, _ in pairs], [g for _, g in pairs])

@@ -49,14 +49,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     real.add_argument("--model", metavar="DIR", help="local Hugging Face LLaVA model directory")
     real.add_argument("--image", metavar="FILE", help="image file (anything PIL can open)")
     real.add_argument("--prompt", metavar="TEXT", help="question about the image")
-    parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="greedy tokens to generate (default 32)")
-    parser.add_argument("--repeats", type=int, default=3, metavar="N", help="interleaved timing repeats; the median is shown (default 3)")
-    parser.add_argument("--device", default="auto", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
     parser.add_argument(
-        "--dtype", default="auto", choices=["auto", *DTYPES],
+        "--max-new-tokens", type=int, default=32, metavar="N", help="greedy tokens to generate (default 32)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        metavar="N",
+        help="interleaved timing repeats; the median is shown (default 3)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
     )
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)")
+    parser.add_argument(
+        "--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)"
+    )
     parser.add_argument("--json", metavar="PATH", help="write every report, timing and output to this JSON file")
     # Undocumented: a smaller random model for tests, e.g. "layers=4,hidden=64,grid=6".
     parser.add_argument("--tiny-spec", help=argparse.SUPPRESS)
@@ -288,8 +302,13 @@ def run_demo(
 
     summary = {
         "tokenprune_version": tp.__version__,
-        "model": {**setup.info, "description": setup.description, "layers": setup.num_layers,
-                  "visual_tokens": setup.visual_tokens, "prompt_tokens": prompt_len},
+        "model": {
+            **setup.info,
+            "description": setup.description,
+            "layers": setup.num_layers,
+            "visual_tokens": setup.visual_tokens,
+            "prompt_tokens": prompt_len,
+        },
         "device": str(dev),
         "dtype": str(dt).removeprefix("torch."),
         "attn": attn,
@@ -316,7 +335,11 @@ def make_table(summary: dict, baseline_timing: timing.Timing) -> Table:
             f"median of {summary['repeats']} interleaved repeats. Baseline: TTFT "
             f"{baseline_timing.ttft * 1e3:.1f} ms, decode {baseline_timing.decode_per_token * 1e3:.2f} ms/token "
             "(absolute times mean little on CPU; read the ratios)."
-            + (" Random weights: agreement and KL say little about real quality." if model.get("source") == "tiny" else "")
+            + (
+                " Random weights: agreement and KL say little about real quality."
+                if model.get("source") == "tiny"
+                else ""
+            )
         ),
         caption_justify="left",
     )

@@ -294,7 +294,8 @@ class ComponentFactory:
             problems = validation_problems(exc, top_level="(parameters)", show_input="inline")
             allowed = ", ".join(self.params.model_fields) or "none"
             raise InvalidParameterError(
-                f"invalid parameters for {self.kind} '{self.name}': " + "; ".join(problems)
+                f"invalid parameters for {self.kind} '{self.name}': "
+                + "; ".join(problems)
                 + f" (parameters of '{self.name}': {allowed})"
             ) from None
 

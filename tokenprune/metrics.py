@@ -48,7 +48,7 @@ def parse_letter(prediction: str) -> str | None:
 
 
 def parse_yes_no(prediction: str) -> str | None:
-    """"yes" or "no", whichever word comes first (any case), or None."""
+    """ "yes" or "no", whichever word comes first (any case), or None."""
     match = _YES_NO.search(prediction)
     return match.group(1).lower() if match else None
 
@@ -84,8 +84,12 @@ def yes_no_scores(predictions: Sequence[str], answers: Sequence[str]) -> dict[st
     else:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "n": n, "accuracy": sum(p == g for p, g in zip(parsed, gold, strict=True)) / n, "precision": precision,
-        "recall": recall, "f1": f1, "yes_ratio": parsed.count("yes") / n,
+        "n": n,
+        "accuracy": sum(p == g for p, g in zip(parsed, gold, strict=True)) / n,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": parsed.count("yes") / n,
         "parse_rate": sum(p is not None for p in parsed) / n,
     }
 
@@ -112,7 +116,11 @@ def cider(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> di
     try:
         from pycocoevalcap.cider.cider import Cider
     except ImportError:
-        return {"n": len(predictions), "cider": None, "note": "pycocoevalcap is not installed (pip install tokenprune[caption])"}
+        return {
+            "n": len(predictions),
+            "cider": None,
+            "note": "pycocoevalcap is not installed (pip install tokenprune[caption])",
+        }
     gts = {i: [normalize_answer(r) for r in refs] for i, refs in enumerate(references)}
     res = {i: [normalize_answer(p)] for i, p in enumerate(predictions)}
     score, _ = Cider().compute_score(gts, res)

@@ -73,7 +73,9 @@ class LoadedModel:
         try:
             encoded = self.processor(images=images or None, text=text, return_tensors="pt")
         except Exception as exc:  # noqa: BLE001 - any processor failure becomes one clear error
-            raise DataError(f"the processor of {self.source} could not prepare {len(images)} image(s) and the prompt: {exc}") from None
+            raise DataError(
+                f"the processor of {self.source} could not prepare {len(images)} image(s) and the prompt: {exc}"
+            ) from None
         device, dtype = self.device, self.dtype
         out = {}
         for key, value in dict(encoded).items():
@@ -165,7 +167,9 @@ def load_model(
             num_layers=spec.layers,
         )
     if tiny:
-        raise ConfigError(f"tiny model fields {sorted(tiny)} given for the model directory {source}; they apply to source 'tiny' only")
+        raise ConfigError(
+            f"tiny model fields {sorted(tiny)} given for the model directory {source}; they apply to source 'tiny' only"
+        )
     return _load_directory(source, dev, dt, attn)
 
 

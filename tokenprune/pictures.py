@@ -138,7 +138,9 @@ def _locate_image(model: torch.nn.Module, inputs: dict, sample: int, image_index
     by_sample = _images_by_sample(placeholders.sum(1).tolist(), _image_token_counts(model, inputs))
     mine = by_sample[sample]
     if not 0 <= image_index < len(mine):
-        raise InvalidParameterError(f"image_index {image_index} does not exist: sample {sample} has {len(mine)} image(s)")
+        raise InvalidParameterError(
+            f"image_index {image_index} does not exist: sample {sample} has {len(mine)} image(s)"
+        )
     positions = placeholders[sample].nonzero().flatten().cpu()
     start = sum(mine[:image_index])
     first = sum(len(images) for images in by_sample[:sample])  # batch index of the sample's first image
@@ -158,7 +160,10 @@ def token_grids(model: torch.nn.Module, inputs: dict, sample: int = 0, image_ind
     rows, cols = next_tiles_shape(model, height, width)
     # row r of the tiles holds cols features then a newline: its features start at base + r * (cols + 1)
     tiles = grid * grid + torch.arange(rows)[:, None] * (cols + 1) + torch.arange(cols)[None, :]
-    return [TokenGrid("base", grid, grid, base, positions[base]), TokenGrid("tiles", rows, cols, tiles, positions[tiles])]
+    return [
+        TokenGrid("base", grid, grid, base, positions[base]),
+        TokenGrid("tiles", rows, cols, tiles, positions[tiles]),
+    ]
 
 
 def kept_masks(report: "Report", grids: list[TokenGrid], sample: int = 0) -> dict[int, list[torch.Tensor]]:
@@ -205,7 +210,7 @@ def grid_views(image: "Image", grids: list[TokenGrid]) -> list["Image"]:
 
 # ------------------------------------------------------------------------------------------- drawing
 def strategy_label(description: dict, width: int = 20) -> str:
-    """"st3" over its parameters, wrapped to fit beside a panel."""
+    """ "st3" over its parameters, wrapped to fit beside a panel."""
     params = " ".join(f"{k}={v}" for k, v in description.items() if k != "name" and v is not None)
     return "\n".join([description["name"], *textwrap.wrap(params, width)])
 
@@ -287,9 +292,16 @@ def kept_tokens_figure(
     FigureCanvasAgg(fig)
     per_run = len(grids)
     spec = fig.add_gridspec(
-        len(runs) * per_run, len(lay.widths), width_ratios=lay.widths, height_ratios=lay.heights * len(runs),
-        left=LABEL_WIDTH / lay.width, right=0.99, top=1 - (header + lay.row_title) / height, bottom=0.01,
-        wspace=0.08, hspace=lay.row_title / (lay.unit * sum(lay.heights) / per_run),
+        len(runs) * per_run,
+        len(lay.widths),
+        width_ratios=lay.widths,
+        height_ratios=lay.heights * len(runs),
+        left=LABEL_WIDTH / lay.width,
+        right=0.99,
+        top=1 - (header + lay.row_title) / height,
+        bottom=0.01,
+        wspace=0.08,
+        hspace=lay.row_title / (lay.unit * sum(lay.heights) / per_run),
     )
     if title:
         fig.suptitle(title, fontsize=10)

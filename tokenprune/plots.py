@@ -43,8 +43,14 @@ def tradeoff(results: dict, path: Path) -> str:
             y = (row.get("task") or {}).get("accuracy") if metric == "accuracy" else row.get("agreement")
             if y is None:
                 continue
-            ax.scatter([100 * row["prefill_flops_ratio"]], [100 * y], s=45, marker=markers[i % len(markers)],
-                       label=row["label"], zorder=3)
+            ax.scatter(
+                [100 * row["prefill_flops_ratio"]],
+                [100 * y],
+                s=45,
+                marker=markers[i % len(markers)],
+                label=row["label"],
+                zorder=3,
+            )
         ax.set_xlabel("prefill FLOPs (% of baseline)")
         ax.set_ylabel(label)
         ax.set_xlim(0, 105)

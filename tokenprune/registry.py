@@ -105,7 +105,9 @@ def _register_all(pm: pluggy.PluginManager, registry: Registry, extra: dict) -> 
     for ep in found:
         dist = _distribution(ep)
         if pm.has_plugin(ep.name) or ep.name in dists:
-            registry.problems.append(PluginProblem(ep.name, dist, "another plugin has the same entry-point name; skipped"))
+            registry.problems.append(
+                PluginProblem(ep.name, dist, "another plugin has the same entry-point name; skipped")
+            )
             continue
         try:
             plugin = ep.load()
@@ -130,7 +132,9 @@ def _register(pm: pluggy.PluginManager, registry: Registry, name: str, plugin, d
     for hook_name in dir(plugin):
         if hook_name.startswith("tokenprune_") and hook_name not in known and callable(getattr(plugin, hook_name)):
             registry.problems.append(
-                PluginProblem(name, dist, f"defines unknown hook '{hook_name}'; known hooks: {', '.join(sorted(known))}")
+                PluginProblem(
+                    name, dist, f"defines unknown hook '{hook_name}'; known hooks: {', '.join(sorted(known))}"
+                )
             )
     return True
 
@@ -176,11 +180,14 @@ def load(extra_plugins: dict | None = None) -> Registry:
                 name = item.name
                 if name in table and table[name] is not item:
                     first = registry.origins[(kind, name)]
-                    registry.problems.append(PluginProblem(
-                        plugin, dist,
-                        f"{_label(kind)} '{name}' is already registered by plugin '{first.plugin}' "
-                        f"({first.distribution}); this one is ignored",
-                    ))
+                    registry.problems.append(
+                        PluginProblem(
+                            plugin,
+                            dist,
+                            f"{_label(kind)} '{name}' is already registered by plugin '{first.plugin}' "
+                            f"({first.distribution}); this one is ignored",
+                        )
+                    )
                     continue
                 table[name] = item
                 registry.origins[(kind, name)] = Origin(plugin, dist)
@@ -213,7 +220,9 @@ def adapter_for(model) -> ModelAdapter:
         if adapter.matches(model):
             return adapter
     supported = ", ".join(f"{a.name} ({', '.join(a.model_classes)})" for a in sorted(known, key=lambda a: a.name))
-    raise UnsupportedModelError(f"no tokenprune adapter supports {type(model).__name__}; available adapters: {supported}")
+    raise UnsupportedModelError(
+        f"no tokenprune adapter supports {type(model).__name__}; available adapters: {supported}"
+    )
 
 
 def adapter_named(name: str) -> ModelAdapter:

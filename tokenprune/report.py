@@ -55,8 +55,14 @@ class Report:
 
     @classmethod
     def start(
-        cls, strategy: dict, shape: DecoderShape, valid: torch.Tensor, visual: torch.Tensor, image_of: torch.Tensor,
-        dtype, horizon,
+        cls,
+        strategy: dict,
+        shape: DecoderShape,
+        valid: torch.Tensor,
+        visual: torch.Tensor,
+        image_of: torch.Tensor,
+        dtype,
+        horizon,
     ) -> "Report":
         return cls(
             strategy=strategy,
@@ -197,7 +203,11 @@ class Report:
             "total_ratio": ratio(prefill + decode, baseline_prefill + baseline_decode),
             "scoring_prefill": self.scoring_flops["prefill"],
             "scoring_decode": self.scoring_flops["decode"],
-            "fastv_formula": {"prefill": fastv, "baseline_prefill": fastv_base, "prefill_ratio": ratio(fastv, fastv_base)},
+            "fastv_formula": {
+                "prefill": fastv,
+                "baseline_prefill": fastv_base,
+                "prefill_ratio": ratio(fastv, fastv_base),
+            },
         }
 
     # ------------------------------------------------------------------------------------ KV bytes

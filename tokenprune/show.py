@@ -14,9 +14,9 @@ from pathlib import Path
 from rich.console import Console
 
 from .api import resolve_strategy
-from .demo import DTYPES, default_methods
 from .data import load_image
-from .errors import ConfigError, DataError
+from .demo import DTYPES, default_methods
+from .errors import ConfigError
 
 DEFAULT_PROMPT = "What shapes are in the picture?"
 DEFAULT_STRATEGIES = "st3,fastv,vtw"
@@ -25,17 +25,31 @@ DEFAULT_STRATEGIES = "st3,fastv,vtw"
 # ------------------------------------------------------------------------------------------- arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="FILE.png", help="PNG file to write")
-    parser.add_argument("--model", default="tiny", metavar="tiny|DIR", help="'tiny' (random, default) or a local Hugging Face LLaVA model directory")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        metavar="tiny|DIR",
+        help="'tiny' (random, default) or a local Hugging Face LLaVA model directory",
+    )
     parser.add_argument("--family", choices=["llava", "llava_next"], help="family of the tiny model (default llava)")
     parser.add_argument("--image", metavar="FILE", help="image file (default: a synthetic picture of coloured shapes)")
     parser.add_argument("--prompt", metavar="TEXT", help=f"question about the image (default {DEFAULT_PROMPT!r})")
     parser.add_argument(
-        "--strategies", default=DEFAULT_STRATEGIES, metavar="NAMES",
+        "--strategies",
+        default=DEFAULT_STRATEGIES,
+        metavar="NAMES",
         help=f"comma-separated strategy names, one row each (default {DEFAULT_STRATEGIES})",
     )
     parser.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
+    )
+    parser.add_argument(
+        "--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)"
+    )
     # Undocumented: a smaller tiny model for tests, e.g. "layers=4,hidden=64,grid=4".
     parser.add_argument("--tiny-spec", help=argparse.SUPPRESS)
 

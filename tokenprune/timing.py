@@ -191,10 +191,15 @@ def machine(device: torch.device) -> dict:
 
     Every results file that holds timings records this (`tokenprune compare` as this dict, `tokenprune bench`
     and the benchmark scripts as its one line, `machine_text`)."""
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": str(device), "cpu": _cpu_name(),
-            "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "cpu": _cpu_name(),
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

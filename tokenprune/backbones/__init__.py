@@ -32,6 +32,4 @@ def backbone_for(language_model: torch.nn.Module, model_name: str) -> Backbone:
         if name in backbone.language_models:
             return backbone(language_model, model_name)
     served = ", ".join(cls for backbone in BACKBONES for cls in backbone.language_models)
-    raise UnsupportedModelError(
-        f"{model_name} has a {name} language model; tokenprune supports the backbones {served}"
-    )
+    raise UnsupportedModelError(f"{model_name} has a {name} language model; tokenprune supports the backbones {served}")

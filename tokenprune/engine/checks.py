@@ -163,7 +163,9 @@ def _unserved_meta(root: torch.nn.Module, among: set[int]) -> list[str]:
             holder = ".".join(path[:depth])
             relative = ".".join([*path[depth:], leaf])
             for hook in _offload_hooks(modules[holder]):
-                if (depth == len(path) or getattr(hook, "place_submodules", False)) and holds(hook.weights_map, relative):
+                if (depth == len(path) or getattr(hook, "place_submodules", False)) and holds(
+                    hook.weights_map, relative
+                ):
                     served = True
             if served:
                 break

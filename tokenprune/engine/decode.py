@@ -61,8 +61,16 @@ class DecodeStep(Phase):
     """One forward continuing a pruned cache (see the module docstring for its steps)."""
 
     def __init__(
-        self, *, backbone: Backbone, strategy: Strategy, backend: str, scaling: float | None,
-        cache: PrunableCache, generation: Generation, new_columns: int, new_real: torch.Tensor,
+        self,
+        *,
+        backbone: Backbone,
+        strategy: Strategy,
+        backend: str,
+        scaling: float | None,
+        cache: PrunableCache,
+        generation: Generation,
+        new_columns: int,
+        new_real: torch.Tensor,
         plan: EvictionPlan | None,
     ) -> None:
         self.backbone, self.strategy, self.backend = backbone, strategy, backend
@@ -83,8 +91,16 @@ class DecodeStep(Phase):
 
     @classmethod
     def start(
-        cls, *, backbone: Backbone, strategy: Strategy, backend: str, scaling: float | None,
-        cache: PrunableCache, generation: Generation | None, images_given: bool, kwargs: dict,
+        cls,
+        *,
+        backbone: Backbone,
+        strategy: Strategy,
+        backend: str,
+        scaling: float | None,
+        cache: PrunableCache,
+        generation: Generation | None,
+        images_given: bool,
+        kwargs: dict,
     ) -> "DecodeStep":
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
         bsz, new = tokens.shape[:2]
@@ -98,7 +114,9 @@ class DecodeStep(Phase):
             bsz=bsz,
         )
         check_window(backbone, cache.processed + new)
-        new_valid, new_real = continuation_validity(kwargs.get("attention_mask"), cache.processed, new, bsz, tokens.device)
+        new_valid, new_real = continuation_validity(
+            kwargs.get("attention_mask"), cache.processed, new, bsz, tokens.device
+        )
         positions = kwargs.get("position_ids")
         if positions is None:  # what the language model itself would use: the next `new` positions
             positions = cache.processed + torch.arange(new, device=tokens.device)[None]
@@ -106,8 +124,15 @@ class DecodeStep(Phase):
         cache.add_tokens(positions.to(tokens.device).expand(bsz, -1), new_valid, new_real)
         plan = EvictionPlan.of(decay, cache, generation.steps, generation.horizon) if decay.active else None
         return cls(
-            backbone=backbone, strategy=strategy, backend=backend, scaling=scaling, cache=cache,
-            generation=generation, new_columns=new, new_real=new_real, plan=plan,
+            backbone=backbone,
+            strategy=strategy,
+            backend=backend,
+            scaling=scaling,
+            cache=cache,
+            generation=generation,
+            new_columns=new,
+            new_real=new_real,
+            plan=plan,
         )
 
     # ------------------------------------------------------------------------------------ each layer
@@ -175,7 +200,7 @@ class DecodeStep(Phase):
             held: PrunableLayer = cache.layers[i]
             keys = held.keys
             # query heads h = kv * groups + g share key head kv (repeat_kv): fold the groups, don't copy keys
-            qi = q[:, j * heads:(j + 1) * heads].to(keys.device).reshape(bsz, kv_heads, heads // kv_heads, head_dim)
+            qi = q[:, j * heads : (j + 1) * heads].to(keys.device).reshape(bsz, kv_heads, heads // kv_heads, head_dim)
             logits = torch.matmul(qi, keys.transpose(-1, -2))  # (B, Hkv, groups, entries)
             if self.scaling is None:
                 logits = logits * backbone.scaling(i)

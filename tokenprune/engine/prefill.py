@@ -124,9 +124,21 @@ class Prefill(Phase):
     """One forward over a prompt with images (see the module docstring for its steps)."""
 
     def __init__(
-        self, *, backbone: Backbone, strategy: Strategy, backend: str, plan: CutPlan, cut_layers: list[int],
-        layout: Layout, cache: PrunableCache | None, report: Report, horizon: int | None, kwargs: dict,
-        real: torch.Tensor, present: torch.Tensor, image_end: torch.Tensor,
+        self,
+        *,
+        backbone: Backbone,
+        strategy: Strategy,
+        backend: str,
+        plan: CutPlan,
+        cut_layers: list[int],
+        layout: Layout,
+        cache: PrunableCache | None,
+        report: Report,
+        horizon: int | None,
+        kwargs: dict,
+        real: torch.Tensor,
+        present: torch.Tensor,
+        image_end: torch.Tensor,
     ) -> None:
         self.backbone, self.strategy, self.backend = backbone, strategy, backend
         self.plan, self.cut_layers = plan, frozenset(cut_layers)
@@ -156,8 +168,15 @@ class Prefill(Phase):
 
     @classmethod
     def start(
-        cls, *, backbone: Backbone, strategy: Strategy, backend: str, cut_layers: list[int],
-        tokens: VisualTokens, kwargs: dict, use_cache: bool,
+        cls,
+        *,
+        backbone: Backbone,
+        strategy: Strategy,
+        backend: str,
+        cut_layers: list[int],
+        tokens: VisualTokens,
+        kwargs: dict,
+        use_cache: bool,
     ) -> "Prefill":
         bsz, length = tokens.prunable.shape
         device = tokens.prunable.device
@@ -197,11 +216,19 @@ class Prefill(Phase):
         # Read once, before the layers run; from here on the prefill decides from host counts only.
         real, total_visual = torch.stack([valid.sum(1), visual.sum(1)]).cpu()
         return cls(
-            backbone=backbone, strategy=strategy, backend=backend, cut_layers=cut_layers,
+            backbone=backbone,
+            strategy=strategy,
+            backend=backend,
+            cut_layers=cut_layers,
             plan=CutPlan.of(strategy.schedule, cut_layers, total_visual),
             layout=Layout(source=index, valid=valid, visual=visual, positions=positions),
-            cache=cache, report=report, horizon=horizon, kwargs=kwargs,
-            real=real, present=total_visual, image_end=image_end,
+            cache=cache,
+            report=report,
+            horizon=horizon,
+            kwargs=kwargs,
+            real=real,
+            present=total_visual,
+            image_end=image_end,
         )
 
     # ------------------------------------------------------------------------------------ each layer
@@ -224,7 +251,9 @@ class Prefill(Phase):
         if not self.changed:
             return None
         kwargs = {
-            **kwargs, "attention_mask": self.mask, "position_ids": self.layout.positions,
+            **kwargs,
+            "attention_mask": self.mask,
+            "position_ids": self.layout.positions,
             "position_embeddings": self.rope,
         }
         if args:

@@ -136,7 +136,7 @@ class PruningSession:
     def _on_entry(self, module, args, kwargs):
         self.phase = self._counting = IDLE
         if args:  # bind positional arguments to their names so nothing is lost when kwargs are rewritten
-            kwargs = {**dict(zip(self._entry_params, args)), **kwargs}
+            kwargs = {**dict(zip(self._entry_params, args, strict=False)), **kwargs}
         phase = self._phase_for(kwargs)
         if phase is None:
             return None
@@ -150,8 +150,12 @@ class PruningSession:
         common = {"backbone": self.backbone, "strategy": self.strategy, "backend": attention_backend(self.backbone)}
         if isinstance(cache, PrunableCache) and cache.processed > 0:
             return DecodeStep.start(
-                **common, scaling=self.scaling, cache=cache, generation=self._generations.get(cache),
-                images_given=self.adapter.images_given(kwargs), kwargs=kwargs,
+                **common,
+                scaling=self.scaling,
+                cache=cache,
+                generation=self._generations.get(cache),
+                images_given=self.adapter.images_given(kwargs),
+                kwargs=kwargs,
             )
         if cache is not None and cache.get_seq_length() > 0:
             if kwargs.get("pixel_values") is not None:

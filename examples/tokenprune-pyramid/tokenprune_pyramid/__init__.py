@@ -46,14 +46,22 @@ def _strategy(p: PyramidParams) -> Strategy:
 
 @hookimpl
 def tokenprune_score_providers():
-    return [ScoreFactory("key_norm", NoParams, lambda p: KeyNorm(), "minus the L2 norm of each token's key (no attention)")]
+    return [
+        ScoreFactory("key_norm", NoParams, lambda p: KeyNorm(), "minus the L2 norm of each token's key (no attention)")
+    ]
 
 
 @hookimpl
 def tokenprune_layer_schedules():
-    return [ScheduleFactory("pyramid", PyramidParams, _schedule, "PyramidDrop-like: equal stages, each keeps `retain` of what is left")]
+    return [
+        ScheduleFactory(
+            "pyramid", PyramidParams, _schedule, "PyramidDrop-like: equal stages, each keeps `retain` of what is left"
+        )
+    ]
 
 
 @hookimpl
 def tokenprune_strategies():
-    return [StrategyFactory("pyramid_knorm", PyramidParams, _strategy, "key-norm ranking with a PyramidDrop-like schedule")]
+    return [
+        StrategyFactory("pyramid_knorm", PyramidParams, _strategy, "key-norm ranking with a PyramidDrop-like schedule")
+    ]
