@@ -11,11 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import warnings
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from conftest import inputs, tiny_model
 

@@ -19,11 +19,11 @@ built in Python. Relative paths are relative to the config file's folder.
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,6 +31,7 @@ from . import registry
 from .api import compose
 from .errors import ConfigError, InvalidParameterError, TokenpruneError, validation_problems
 from .interfaces import Strategy
+from .models import ATTENTION, DTYPES
 
 
 class Section(BaseModel):
@@ -47,9 +48,9 @@ class ModelSection(Section):
     tiny: dict[str, int] | None = Field(None, description="TinySpec overrides for the tiny model, e.g. {layers: 8}")
     adapter: str | None = Field(None, description="adapter name; default: found from the model class")
     adapter_options: dict[str, Any] = Field(default_factory=dict)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal[("auto", *DTYPES)] = "auto"
     device: str = "auto"
-    attn: Literal["sdpa", "eager"] = "sdpa"
+    attn: Literal[ATTENTION] = "sdpa"
     seed: int = Field(0, description="weights seed of the tiny model")
 
 

@@ -27,7 +27,7 @@ import tokenprune as tp
 from . import timing
 from .data import load_image
 from .metrics import agreement, first_token_kl
-from .models import DTYPES, load_model, resolve_device, resolve_dtype
+from .models import ATTENTION, DTYPES, load_model, resolve_device, resolve_dtype
 from .tiny import TinySpec, build_model, make_inputs
 
 #: the embedded default: LLaVA-1.5's 576 visual tokens (24x24 grid) on a narrow 8-layer LLaMA decoder
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
     )
     parser.add_argument(
-        "--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)"
+        "--attn", default="sdpa", choices=list(ATTENTION), help="attention implementation (default sdpa)"
     )
     parser.add_argument("--json", metavar="PATH", help="write every report, timing and output to this JSON file")
     # Undocumented: a smaller random model for tests, e.g. "layers=4,hidden=64,grid=6".

@@ -17,11 +17,13 @@ from typing import Any, Sequence
 
 import torch
 
+from .engine.checks import SUPPORTED_ATTENTION, SUPPORTED_DTYPES
 from .errors import ConfigError, DataError
 from .tiny import TinySpec, build_model, build_processor, build_tokenizer, llava_config
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-ATTENTION = ("sdpa", "eager")  # what the pruning engine supports
+# what the pruning engine supports, by name (the one list lives with the engine's checks)
+DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in SUPPORTED_DTYPES}
+ATTENTION = SUPPORTED_ATTENTION
 FAMILIES = ("llava", "llava_next")
 FAMILY_NAMES = {"llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT"}
 

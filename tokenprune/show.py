@@ -17,6 +17,7 @@ from .api import resolve_strategy
 from .data import load_image
 from .demo import DTYPES, default_methods
 from .errors import ConfigError
+from .models import ATTENTION
 
 DEFAULT_PROMPT = "What shapes are in the picture?"
 DEFAULT_STRATEGIES = "st3,fastv,vtw"
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
     )
     parser.add_argument(
-        "--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)"
+        "--attn", default="sdpa", choices=list(ATTENTION), help="attention implementation (default sdpa)"
     )
     # Undocumented: a smaller tiny model for tests, e.g. "layers=4,hidden=64,grid=4".
     parser.add_argument("--tiny-spec", help=argparse.SUPPRESS)
