@@ -55,9 +55,13 @@ def image_features_given(kwargs: dict) -> tuple[bool, list | None]:
 
 
 def image_layout(
-    placeholders: torch.Tensor, token_counts: list[int], prunable: torch.Tensor | None, image_token_id: int
+    placeholders: torch.Tensor,
+    token_counts: list[int],
+    prunable: torch.Tensor | None,
+    image_token_id: int,
+    kind: str = "image",
 ) -> VisualTokens:
-    """Split the placeholders into images and mark which ones are prunable.
+    """Split the placeholders into images (or videos: `kind`) and mark which ones are prunable.
 
     transformers scatters the features of images 0, 1, ... (batch order) into the placeholders in row-major
     order, so image i owns the placeholders numbered sum(token_counts[:i]) onwards. `prunable` (1D bool over
@@ -66,9 +70,9 @@ def image_layout(
     found, expected = int(placeholders.sum()), sum(token_counts)
     if found != expected:
         raise UnsupportedInputError(
-            f"the input has {found} image placeholder tokens (image_token_id={image_token_id}) but its "
-            f"{len(token_counts)} image(s) give {expected} visual features ({', '.join(map(str, token_counts))} per "
-            "image); build input_ids with the model's processor so each image gets exactly its feature count"
+            f"the input has {found} {kind} placeholder tokens ({kind}_token_id={image_token_id}) but its "
+            f"{len(token_counts)} {kind}(s) give {expected} visual features ({', '.join(map(str, token_counts))} "
+            f"per {kind}); build input_ids with the model's processor so each {kind} gets exactly its feature count"
         )
     rows, cols = placeholders.nonzero(as_tuple=True)  # row-major: the order the features are scattered in
     device = placeholders.device
@@ -77,8 +81,8 @@ def image_layout(
     ends = counts.cumsum(0)
     if bool((rows[ends - counts] != rows[ends - 1]).any()):
         raise UnsupportedInputError(
-            "an image's placeholder tokens continue into the next sample; each sample needs exactly the "
-            "placeholders of its own images (build input_ids with the model's processor)"
+            f"one {kind}'s placeholder tokens continue into the next sample; each sample needs exactly the "
+            f"placeholders of its own {kind}s (build input_ids with the model's processor)"
         )
     bsz = placeholders.shape[0]
     first = torch.full((bsz,), len(token_counts), device=device).scatter_reduce(0, rows, image, "amin")

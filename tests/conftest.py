@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reference import RefMethod  # noqa: E402
 
 from tokenprune.tiny import TinySpec, build_model, make_inputs  # noqa: E402
+from tokenprune.tiny_qwen import FAMILIES as QWEN_FAMILIES  # noqa: E402
+from tokenprune.tiny_qwen import QwenSpec, build_qwen_model, make_qwen_inputs  # noqa: E402
 
 LAYERS = 6
 
@@ -51,16 +53,27 @@ ZERO_REMOVAL = [
 ]
 
 
-# Model families every adapter-level test runs on (LLaVA-NeXT: ragged visual counts and newline tokens).
-FAMILIES = [pytest.param("llava", id="llava15"), pytest.param("llava_next", id="next")]
+# Model families every adapter-level test runs on (LLaVA-NeXT: ragged visual counts and newline tokens;
+# Qwen-VL: images and videos of any grid, multimodal RoPE, Qwen3-VL's q/k norms and deepstack).
+FAMILIES = [
+    pytest.param("llava", id="llava15"),
+    pytest.param("llava_next", id="next"),
+    pytest.param("qwen2_vl", id="qwen2vl"),
+    pytest.param("qwen2_5_vl", id="qwen25vl"),
+    pytest.param("qwen3_vl", id="qwen3vl"),
+]
 
 
 @functools.lru_cache(maxsize=None)
 def tiny_model(attn: str = "sdpa", layers: int = LAYERS, seed: int = 0, family: str = "llava", backbone: str = "llama"):
+    if family in QWEN_FAMILIES:
+        return build_qwen_model(spec(attn, layers, family), seed=seed)
     return build_model(spec(attn, layers, family, backbone), seed=seed)
 
 
-def spec(attn: str = "sdpa", layers: int = LAYERS, family: str = "llava", backbone: str = "llama") -> TinySpec:
+def spec(attn: str = "sdpa", layers: int = LAYERS, family: str = "llava", backbone: str = "llama"):
+    if family in QWEN_FAMILIES:
+        return QwenSpec(family=family, layers=layers, attn=attn)
     # NeXT crops of 4x4 patches: 36 (8x8 image) to 88 (16x16) visual tokens per image
     return TinySpec(layers=layers, attn=attn, family=family, backbone=backbone, grid=6 if family == "llava" else 4)
 
@@ -73,13 +86,58 @@ BATCHES = {
 NEXT_SIZES = {"single": [[(8, 16)]], "padded": [[(8, 8)], [(16, 16)], [(24, 8)]]}
 
 
+# Qwen-VL batches (grids in patches, 2x2 merge): a 24-token image; a 4-frame video of 32 tokens (two
+# temporal patches; Qwen3-VL splits it into two timestamped runs) beside a 16-token image; two images of 4
+# and 8 tokens. Three different visual counts (24, 48, 12) and both modalities in one left-padded batch.
+QWEN_BATCHES = {
+    "single": [[("text", 4), ("image", (8, 12)), ("text", 8)]],
+    "padded": [
+        [("text", 4), ("image", (8, 12)), ("text", 8)],
+        [("text", 2), ("video", (4, 8, 8)), ("text", 1), ("image", (8, 8)), ("text", 5)],
+        [("text", 3), ("image", (4, 4)), ("text", 1), ("image", (8, 4)), ("text", 1)],
+    ],
+}
+
+
 def inputs(kind: str, attn: str = "sdpa", seed: int = 0, family: str = "llava") -> dict:
+    if family in QWEN_FAMILIES:
+        return make_qwen_inputs(spec(attn, family=family), QWEN_BATCHES[kind], seed=seed)
     sizes = NEXT_SIZES[kind] if family == "llava_next" else None
     return make_inputs(spec(attn, family=family), seed=seed, image_sizes=sizes, **BATCHES[kind])
 
 
+def _qwen_sample_of(batch: dict, b: int) -> dict:
+    """Sample b of a Qwen-VL batch: its tokens and the pixel rows / grids of its own images and videos, found by
+    counting placeholders against each grid's token count (t*h*w / 4), independently of the adapter."""
+    row = batch["attention_mask"][b].bool()
+    single = {key: batch[key][b : b + 1, row] for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    for kind, pixels_key, grid_key in (
+        (1, "pixel_values", "image_grid_thw"),
+        (2, "pixel_values_videos", "video_grid_thw"),
+    ):
+        if grid_key not in batch:
+            continue
+        grid = batch[grid_key]
+        tokens = (grid.prod(1) // 4).cumsum(0).tolist()
+        patches = [0] + grid.prod(1).cumsum(0).tolist()
+        types = batch["mm_token_type_ids"]
+        before, mine = int((types[:b] == kind).sum()), int((types[b] == kind).sum())
+        if not mine:
+            continue
+        first = 0 if before == 0 else tokens.index(before) + 1
+        last = tokens.index(before + mine) + 1
+        single[pixels_key] = batch[pixels_key][patches[first] : patches[last]]
+        single[grid_key] = grid[first:last]
+        if kind == 2 and "second_per_grid_ts" in batch:
+            single["second_per_grid_ts"] = batch["second_per_grid_ts"][first:last]
+    return single
+
+
 def sample_of(batch: dict, b: int, images: list[int]) -> dict:
-    """Sample b of a left-padded batch, unpadded, with its own images (`images[i]`: images of sample i)."""
+    """Sample b of a left-padded batch, unpadded, with its own images (`images[i]`: images of sample i; a Qwen-VL
+    batch says which images and videos are whose through its grids)."""
+    if "mm_token_type_ids" in batch:
+        return _qwen_sample_of(batch, b)
     row = batch["attention_mask"][b].bool()
     first = sum(images[:b])
     single = {

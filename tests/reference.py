@@ -68,6 +68,30 @@ class RefResult:
     visual_per_step: list[list[list[int]]] = field(default_factory=list)  # step -> layer -> sample
 
 
+def _placeholders(model, ids: torch.Tensor) -> torch.Tensor:
+    """Image placeholders, and video placeholders for families that have them (Qwen-VL)."""
+    found = ids == model.config.image_token_id
+    video = getattr(model.config, "video_token_id", None)
+    return found | (ids == video) if video is not None else found
+
+
+def _prompt_positions(model, inputs: dict, am: torch.Tensor):
+    """Position ids of the prompt as generate() passes them, and the model's rope deltas (None for 1D RoPE).
+
+    Multimodal RoPE (Qwen-VL): the sequence row (attention_mask cumsum) stacked on the model's own
+    `get_rope_index` rows, as generate() builds them; decode steps then continue every row by one.
+    """
+    text = (am.long().cumsum(-1) - 1).masked_fill(~am, 1)
+    rope_index = getattr(model.model, "get_rope_index", None)
+    if rope_index is None:
+        return text, None
+    keys = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids")
+    rope, deltas = rope_index(
+        inputs["input_ids"], attention_mask=inputs["attention_mask"], **{k: inputs[k] for k in keys if k in inputs}
+    )
+    return torch.cat([text.masked_fill(~am, 0)[None], rope], 0), deltas
+
+
 def _topk_mask(scores: torch.Tensor, candidates: torch.Tensor, keep: int) -> torch.Tensor:
     """Mask of the `keep` best candidates; ties go to the earlier position."""
     out = torch.zeros_like(candidates)
@@ -93,7 +117,7 @@ def reference_generate(
     n_layers = len(layers)
     ids, am = inputs["input_ids"], inputs["attention_mask"].bool()
     bsz, length = ids.shape
-    visual = (ids == model.config.image_token_id) & am
+    visual = _placeholders(model, ids) & am
     if prunable is not None:
         visual &= prunable
     visual[:, -1] = False
@@ -112,7 +136,7 @@ def reference_generate(
     horizon = method.horizon or steps
 
     def text_rows(b: int) -> list[int]:
-        image = (ids[b] == model.config.image_token_id) & am[b]
+        image = _placeholders(model, ids[b]) & am[b]
         image[-1] = False  # the last prompt token is the query that produces the next token
         vis = image.nonzero().flatten()
         end = int(vis.max()) if len(vis) else -1
@@ -175,19 +199,26 @@ def reference_generate(
 
         return hook
 
+    # Greedy as the tests' generate() calls run it (min_new_tokens = steps): end-of-sequence is never chosen.
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        return logits.index_fill(-1, eos, float("-inf")).argmax(-1)
+
     handles = []
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(layer_pre(i), with_kwargs=True))
         handles.append(layer.self_attn.register_forward_hook(attn_post(i)))
     try:
         cache = DynamicCache()
-        positions = (am.long().cumsum(-1) - 1).masked_fill(~am, 1)
+        positions, rope_deltas = _prompt_positions(model, inputs, am)
         out = model(**inputs, past_key_values=cache, position_ids=positions, use_cache=True)
         initial = [p.sum(1) for p in per_layer_present]
         logits = [out.logits[:, -1].float()]
-        tokens = [logits[-1].argmax(-1)]
+        tokens = [choose(logits[-1])]
         visual_steps = [[p.sum(1).tolist() for p in per_layer_present]]
-        next_pos = positions[:, -1] + 1  # (B,) position of the next real token
+        next_pos = positions[..., -1] + 1  # (B,) position of the next real token (per row for multimodal RoPE)
         schedule = [(None, None)] * (steps - 1)  # one forward per step: (extra ids, their mask)
         for turn in turns:
             schedule += [(turn.ids, turn.mask)] + [(None, None)] * (turn.steps - 1)
@@ -201,8 +232,16 @@ def reference_generate(
                 chunk_valid = torch.cat([chunk_valid, extra_valid], 1)
             phase["chunk"] = chunk_ids.shape[1]
             seq_valid = torch.cat([seq_valid, chunk_valid], 1)
-            chunk_pos = next_pos[:, None] + chunk_valid.long().cumsum(1) - 1
-            next_pos = next_pos + chunk_valid.sum(1)
+            if rope_deltas is None:
+                chunk_pos = next_pos[:, None] + chunk_valid.long().cumsum(1) - 1
+                next_pos = next_pos + chunk_valid.sum(1)
+            elif extra is None:  # generate() continues every row of the previous call's positions by one
+                chunk_pos = next_pos[..., None]
+                next_pos = next_pos + 1
+            else:  # a new generate() call: the sequence positions of the whole conversation plus the rope deltas
+                text = (seq_valid.long().cumsum(-1) - 1).masked_fill(~seq_valid, 0)
+                chunk_pos = (text[:, -chunk_ids.shape[1] :] + rope_deltas)[None]
+                next_pos = chunk_pos[..., -1] + 1
             out = model(
                 input_ids=chunk_ids,
                 attention_mask=seq_valid.long(),
@@ -211,7 +250,7 @@ def reference_generate(
                 use_cache=True,
             )
             logits.append(out.logits[:, -1].float())
-            tokens.append(logits[-1].argmax(-1))
+            tokens.append(choose(logits[-1]))
             visual_steps.append([p.sum(1).tolist() for p in per_layer_present])
     finally:
         for h in handles:

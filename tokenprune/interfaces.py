@@ -211,6 +211,7 @@ class VisualTokens:
     placeholders: torch.Tensor  # bool: every image placeholder (what the vision features fill)
     prunable: torch.Tensor  # bool: the placeholders a strategy may remove; N_b = prunable[b].sum()
     image_of: torch.Tensor  # long: which image of its sample (0, 1, ...) a placeholder belongs to; -1 elsewhere
+    video_of: torch.Tensor | None = None  # long: which video of its sample a placeholder belongs to; -1 elsewhere
 
 
 class AdapterOptions(BaseModel):
@@ -255,8 +256,14 @@ class ModelAdapter(ABC):
         """Return the model's parts; raise UnsupportedModelError for a layout the engine cannot serve."""
 
     def images_given(self, kwargs: dict) -> bool:
-        """True when the entry module's inputs carry images (a continuation of a pruned cache may not)."""
+        """True when the entry module's inputs carry images or videos (a continuation of a pruned cache may not)."""
         return kwargs.get("pixel_values") is not None
+
+    def positions(self, kwargs: dict) -> torch.Tensor | None:
+        """(B, L) or (1, L) sequence positions of the entry module's input tokens, None when the model derives
+        them itself. They are what the cache's metadata records; the model's own rotary tables are used
+        for the computation (a family with multi-axis positions gives its sequence axis here)."""
+        return kwargs.get("position_ids")
 
     @abstractmethod
     def visual_tokens(self, model: torch.nn.Module, kwargs: dict) -> VisualTokens | None:

@@ -28,7 +28,7 @@ from .interfaces import (
 
 #: entry-point names of tokenprune's own plugins (as in pyproject.toml): registered before any other
 #: plugin, so a third-party plugin cannot take a built-in name
-BUILTIN_PLUGINS = frozenset({"builtin_strategies", "llava", "llava_next"})
+BUILTIN_PLUGINS = frozenset({"builtin_strategies", "llava", "llava_next", "qwen_vl"})
 
 #: kind (as used in configs and `tokenprune list`) -> (hook, the class every item must be)
 KINDS: dict[str, tuple[str, type]] = {

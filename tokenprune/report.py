@@ -35,6 +35,7 @@ class Report:
     prompt_tokens: list[int] = field(default_factory=list)  # real tokens per sample
     visual_tokens: list[int] = field(default_factory=list)  # N_b per sample (prunable visual tokens)
     images: list[int] = field(default_factory=list)  # images per sample
+    videos: list[int] = field(default_factory=list)  # videos per sample
     padded_length: int = 0
     horizon: int | None = None
     kv_dtype_bytes: int = 0
@@ -47,6 +48,7 @@ class Report:
     _steps: list = field(default_factory=list)
     _cuts: dict = field(default_factory=dict)
     _image_of: torch.Tensor | None = None  # (B, L) image of each prunable visual token of the prompt, -1 elsewhere
+    _video_of: torch.Tensor | None = None  # (B, L) video of each prunable visual token of the prompt, -1 elsewhere
 
     # ------------------------------------------------------------------------------------ recording
     @classmethod
@@ -61,19 +63,24 @@ class Report:
         valid: torch.Tensor,
         visual: torch.Tensor,
         image_of: torch.Tensor,
+        video_of: torch.Tensor | None,
         dtype,
         horizon,
     ) -> "Report":
+        if video_of is None:
+            video_of = torch.full_like(image_of, -1)
         return cls(
             strategy=strategy,
             arch=shape,
             prompt_tokens=valid.sum(1).tolist(),
             visual_tokens=visual.sum(1).tolist(),
             images=(image_of.max(1).values + 1).tolist(),
+            videos=(video_of.max(1).values + 1).tolist(),
             padded_length=valid.shape[1],
             horizon=horizon,
             kv_dtype_bytes=torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 1,
             _image_of=torch.where(visual, image_of, -1),
+            _video_of=torch.where(visual, video_of, -1),
         )
 
     def record_prefill_layer(self, layer: int, tokens: torch.Tensor, visual: torch.Tensor) -> None:
@@ -129,21 +136,35 @@ class Report:
             out[layer] = [src[vis].tolist() for src, vis in zip(source, visual, strict=True)]
         return out
 
-    def _per_image(self, source: torch.Tensor, visual: torch.Tensor) -> list[list[int]]:
-        image = torch.where(visual, self._image_of.to(source.device).gather(1, source), -1)
-        return [[int((row == i).sum()) for i in range(n)] for row, n in zip(image, self.images, strict=True)]
+    @staticmethod
+    def _counts(item_of: torch.Tensor, items: list[int]) -> list[list[int]]:
+        return [[int((row == i).sum()) for i in range(n)] for row, n in zip(item_of, items, strict=True)]
+
+    def _kept_per_item(self, item_of: torch.Tensor | None, items: list[int]) -> dict[int, list[list[int]]]:
+        out = {}
+        for layer, (source, visual) in sorted(self._cuts.items()):
+            out[layer] = self._counts(torch.where(visual, item_of.to(source.device).gather(1, source), -1), items)
+        return out
 
     @property
     def visual_tokens_per_image(self) -> list[list[int]]:
         """[sample][image] prunable visual tokens of each image of each sample."""
-        if self._image_of is None:
-            return []
-        return [[int((row == i).sum()) for i in range(n)] for row, n in zip(self._image_of, self.images, strict=True)]
+        return [] if self._image_of is None else self._counts(self._image_of, self.images)
+
+    @property
+    def visual_tokens_per_video(self) -> list[list[int]]:
+        """[sample][video] prunable visual tokens of each video of each sample."""
+        return [] if self._video_of is None else self._counts(self._video_of, self.videos)
 
     @property
     def kept_visual_per_image(self) -> dict[int, list[list[int]]]:
         """cut layer -> [sample][image] visual tokens of each image kept from that layer on."""
-        return {layer: self._per_image(source, visual) for layer, (source, visual) in sorted(self._cuts.items())}
+        return self._kept_per_item(self._image_of, self.images)
+
+    @property
+    def kept_visual_per_video(self) -> dict[int, list[list[int]]]:
+        """cut layer -> [sample][video] visual tokens of each video kept from that layer on."""
+        return self._kept_per_item(self._video_of, self.videos)
 
     @property
     def decode_steps(self) -> int:
@@ -250,12 +271,15 @@ class Report:
             "visual_tokens": self.visual_tokens,
             "images": self.images,
             "visual_tokens_per_image": self.visual_tokens_per_image,
+            "videos": self.videos,
+            "visual_tokens_per_video": self.visual_tokens_per_video,
             "horizon": self.horizon,
             "decode_steps": self.decode_steps,
             "prefill_visual_tokens": self.prefill_visual_tokens,
             "prefill_tokens": self.prefill_tokens,
             "kept_visual_positions": {str(k): v for k, v in self.kept_visual.items()},
             "kept_visual_per_image": {str(k): v for k, v in self.kept_visual_per_image.items()},
+            "kept_visual_per_video": {str(k): v for k, v in self.kept_visual_per_video.items()},
             "cache_entries": self.cache_entries,
             "visual_cache_entries": self.visual_cache_entries,
             "flops": self.flops(),

@@ -16,13 +16,14 @@ from __future__ import annotations
 import torch
 
 from ..errors import UnsupportedModelError
-from .base import LAYER_KINDS, Backbone, DecoderShape
+from .base import LAYER_KINDS, Backbone, DecoderShape, Injections
 from .llama import LlamaBackbone, MistralBackbone
+from .qwen import Qwen2Backbone, Qwen3Backbone
 
 #: every built-in backbone; an adapter finds its language model's backbone here by class name
-BACKBONES: list[type[Backbone]] = [LlamaBackbone, MistralBackbone]
+BACKBONES: list[type[Backbone]] = [LlamaBackbone, MistralBackbone, Qwen2Backbone, Qwen3Backbone]
 
-__all__ = ["BACKBONES", "LAYER_KINDS", "Backbone", "DecoderShape", "backbone_for"]
+__all__ = ["BACKBONES", "LAYER_KINDS", "Backbone", "DecoderShape", "Injections", "backbone_for"]
 
 
 def backbone_for(language_model: torch.nn.Module, model_name: str) -> Backbone:

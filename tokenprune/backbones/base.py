@@ -56,12 +56,38 @@ class DecoderShape:
         return 2 * self.num_kv_heads * self.head_dim
 
 
+@dataclass
+class Injections:
+    """Rows a language model adds to the hidden states of some prompt tokens right after its first layers
+    (Qwen3-VL's deepstack visual features): level i, `rows[i]` (n, D), is added after layer i to the tokens
+    of `mask` (B, L), in row-major order, as the model would add them to the full prompt."""
+
+    mask: torch.Tensor
+    rows: list[torch.Tensor]
+
+    def __post_init__(self) -> None:
+        mask = self.mask.bool()
+        index = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+        index[mask] = torch.arange(int(mask.sum()), device=mask.device)
+        self.row_of = index  # (B, L) row of each masked token, -1 elsewhere
+
+    def add(self, level: int, hidden: torch.Tensor, source: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+        """`hidden` (B, L', D) of the prompt tokens `source` (B, L') with level `level` added to the masked
+        ones among the `held` (real) entries; the same addition, in the same dtype, as the model's."""
+        row = self.row_of.to(hidden.device).gather(1, source.to(hidden.device))
+        take = (row >= 0) & held.to(hidden.device)
+        rows = self.rows[level].to(hidden.device, hidden.dtype)[row.clamp(min=0)]
+        return torch.where(take[..., None], hidden + rows, hidden)
+
+
 class Backbone(ABC):
     """One decoder-only language model, as the engine sees it. Subclasses serve one family each."""
 
     name: ClassVar[str]
     #: class names of the language models (e.g. "LlamaModel") this backbone serves
     language_models: ClassVar[tuple[str, ...]]
+    #: whether the language model adds to hidden states after its first layers (see `take_injections`)
+    injects: ClassVar[bool] = False
 
     def __init__(self, language_model: torch.nn.Module, model_name: str) -> None:
         self.model = language_model
@@ -125,6 +151,12 @@ class Backbone(ABC):
     def last_rotary_row(self, position_embeddings: tuple) -> tuple:
         """(cos, sin) of the last token of a forward: the query whose attention scores decoding."""
         return tuple(t[:, -1:] for t in position_embeddings)
+
+    def take_injections(self, kwargs: dict) -> tuple[dict, Injections | None]:
+        """The language model's keyword arguments without the hidden-state additions it would make after its
+        first layers (indexed by the full prompt, so wrong once tokens left), and those additions for the
+        engine to make instead. Families without such additions return `kwargs` and None."""
+        return kwargs, None
 
     # ------------------------------------------------------------------------------------ sizes
     @property

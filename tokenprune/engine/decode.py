@@ -100,6 +100,7 @@ class DecodeStep(Phase):
         cache: PrunableCache,
         generation: Generation | None,
         images_given: bool,
+        positions: torch.Tensor | None,
         kwargs: dict,
     ) -> "DecodeStep":
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
@@ -117,7 +118,6 @@ class DecodeStep(Phase):
         new_valid, new_real = continuation_validity(
             kwargs.get("attention_mask"), cache.processed, new, bsz, tokens.device
         )
-        positions = kwargs.get("position_ids")
         if positions is None:  # what the language model itself would use: the next `new` positions
             positions = cache.processed + torch.arange(new, device=tokens.device)[None]
         generation.steps += 1

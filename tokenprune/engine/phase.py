@@ -16,13 +16,16 @@ from ..report import Report
 class HookSet:
     """The per-layer hooks a phase needs on the model: `layers` get their inputs rewritten; `queries` /
     `keys` have the output of their query / key source kept for scoring; `attention` are scored after
-    their attention ran. Every hook costs time at every call of its module, and decoding calls every
+    their attention ran; `language_model`: the language model's own arguments are rewritten (its
+    hidden-state additions taken over, see `Backbone.take_injections`).
+    Every hook costs time at every call of its module, and decoding calls every
     module once per token, so modules a phase does not use carry none."""
 
     layers: frozenset[int] = frozenset()
     queries: frozenset[int] = frozenset()
     keys: frozenset[int] = frozenset()
     attention: frozenset[int] = frozenset()
+    language_model: bool = False
 
 
 NO_HOOKS = HookSet()
@@ -38,12 +41,17 @@ class Generation:
 
 
 class Phase:
-    """One forward. Hook calls arrive in the order the model runs: `layer_input` before each decoder layer,
+    """One forward. Hook calls arrive in the order the model runs: `language_model_input` when the language
+    model is called (after the vision features were merged), `layer_input` before each decoder layer,
     `projected` after a query/key source, `attended` after an attention, `final_norm` before the final
     norm, then `finish` when the forward returns and `count_logits` when the head ran."""
 
     hooks: HookSet = NO_HOOKS
     kwargs: dict | None = None  # replacement keyword arguments of the entry module (None: its own)
+
+    def language_model_input(self, kwargs: dict) -> dict | None:
+        """Replacement keyword arguments of the language model, or None to leave them."""
+        return None
 
     def layer_input(self, layer: int, args: tuple, kwargs: dict):
         """Replacement (args, kwargs) of decoder layer `layer`, or None to leave them."""

@@ -156,11 +156,17 @@ class Prefill(Phase):
         self.scored = frozenset(range(len(backbone.layers))) if decays else plan.ranking_layers
         every = frozenset(range(len(backbone.layers)))
         self.hooks = HookSet(
-            layers=every, queries=self.scored, keys=self.scored if cache is None else frozenset(), attention=self.scored
+            layers=every,
+            queries=self.scored,
+            keys=self.scored if cache is None else frozenset(),
+            attention=self.scored,
+            language_model=backbone.injects,
         )
         self.changed = False  # a cut removed tokens: later layers get the layout's tensors
         self.full_rope = None  # (cos, sin) of the whole prompt, as the model computed them
-        self.rope = self.mask = None  # rotary rows and mask of the current layout
+        self.full_positions = None  # (B, L) position ids the layers receive for the whole prompt (or None)
+        self.rope = self.mask = self.layer_positions = None  # rotary rows, mask, position ids of the current layout
+        self.injections = None  # hidden-state additions taken over from the language model (Injections)
         self.next_scores = None  # scores of the last scored layer, ranking the next cut
         self.restore = None  # (B, L, D) hidden state of each removed token
         self.layer_counts = []  # per layer: (present, real, columns) of its layout, for the cache's counts
@@ -175,6 +181,7 @@ class Prefill(Phase):
         backend: str,
         cut_layers: list[int],
         tokens: VisualTokens,
+        positions: torch.Tensor | None,
         kwargs: dict,
         use_cache: bool,
     ) -> "Prefill":
@@ -185,7 +192,6 @@ class Prefill(Phase):
         visual[:, -1] = False  # the last prompt token produces the next token: never removed
         planned = generation_horizon(length)
         check_window(backbone, length + (planned or 0))
-        positions = kwargs.get("position_ids")
         if positions is None:  # what the language model itself would use
             positions = torch.arange(length, device=device)[None]
         positions = positions.to(device).expand(bsz, -1)
@@ -210,6 +216,7 @@ class Prefill(Phase):
             valid=valid,
             visual=visual,
             image_of=torch.where(valid, tokens.image_of, -1),
+            video_of=None if tokens.video_of is None else torch.where(valid, tokens.video_of, -1),
             dtype=backbone.kv_dtype,
             horizon=horizon,
         )
@@ -237,8 +244,12 @@ class Prefill(Phase):
         # The layout follows the hidden states it indexes (on the previous layer's device under accelerate).
         self.layout = self.layout.to(hidden.device)
         if self.full_rope is None:
-            cos, sin = kwargs["position_embeddings"]
-            self.full_rope = (cos, sin)
+            self.full_rope = kwargs["position_embeddings"]
+            received = kwargs.get("position_ids")
+            self.full_positions = None if received is None else received.expand(hidden.shape[0], -1)
+        if self.injections is not None and 0 < layer <= len(self.injections.rows):
+            hidden = self.injections.add(layer - 1, hidden, self.layout.source, self.layout.valid)
+            args, kwargs = self._with_hidden(args, kwargs, hidden)
         if layer in self.cut_layers:
             if layer in self.plan.budgets:
                 hidden = self._cut(layer, hidden, self.plan.budgets[layer])
@@ -249,16 +260,24 @@ class Prefill(Phase):
             held: PrunableLayer = self.cache.layers[layer]
             held.append_meta(self.layout.positions, self.layout.valid, self.layout.visual, pruned=self.changed)
         if not self.changed:
-            return None
+            return None if self.injections is None else (args, kwargs)
         kwargs = {
             **kwargs,
             "attention_mask": self.mask,
-            "position_ids": self.layout.positions,
+            "position_ids": self.layer_positions,
             "position_embeddings": self.rope,
         }
+        return self._with_hidden(args, kwargs, hidden)
+
+    @staticmethod
+    def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
         if args:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
+
+    def language_model_input(self, kwargs: dict) -> dict | None:
+        kwargs, self.injections = self.backbone.take_injections(kwargs)
+        return None if self.injections is None else kwargs
 
     def _cut(self, layer: int, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         lay = self.layout
@@ -285,6 +304,8 @@ class Prefill(Phase):
         self.changed = True
         hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
         self.rope = self.backbone.rotary_rows(self.full_rope, self.layout.source)
+        if self.full_positions is not None:
+            self.layer_positions = self.full_positions.to(index.device).gather(1, self.layout.source)
         if self.backend == "sdpa" and bool((self.real == length).all()):
             self.mask = None  # no filler: the layout is one causal sequence, and sdpa's causal kernel applies
         else:
@@ -331,10 +352,12 @@ class Prefill(Phase):
 
     # ------------------------------------------------------------------------------------ outputs
     def final_norm(self, args: tuple):
-        if not self.changed:
-            return None
         hidden = args[0]
         lay = self.layout.to(hidden.device)
+        if self.injections is not None and len(self.injections.rows) >= len(self.backbone.layers):
+            hidden = self.injections.add(len(self.backbone.layers) - 1, hidden, lay.source, lay.valid)
+        if not self.changed:
+            return None if self.injections is None else (hidden, *args[1:])
         restored = _scatter_rows(self.restore.to(hidden.device, hidden.dtype), lay.source, lay.valid, hidden)
         return (restored, *args[1:])
 

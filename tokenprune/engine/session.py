@@ -118,11 +118,14 @@ class PruningSession:
             return
         names = {("layer", i) for i in wanted.layers} | {("q", i) for i in wanted.queries}
         names |= {("k", i) for i in wanted.keys} | {("attention", i) for i in wanted.attention}
+        names |= {("language_model", 0)} if wanted.language_model else set()
         for name in [n for n in self._layer_handles if n not in names]:
             self._layer_handles.pop(name).remove()
         backbone = self.backbone
         for kind, i in sorted(names - self._layer_handles.keys()):
-            if kind == "layer":
+            if kind == "language_model":
+                handle = backbone.model.register_forward_pre_hook(self._on_language_model, with_kwargs=True)
+            elif kind == "layer":
                 handle = backbone.layers[i].register_forward_pre_hook(self._layer_hook(i), with_kwargs=True)
             elif kind == "attention":
                 handle = backbone.attention(i).register_forward_hook(self._attention_hook(i), with_kwargs=True)
@@ -155,10 +158,11 @@ class PruningSession:
                 cache=cache,
                 generation=self._generations.get(cache),
                 images_given=self.adapter.images_given(kwargs),
+                positions=self.adapter.positions(kwargs),
                 kwargs=kwargs,
             )
         if cache is not None and cache.get_seq_length() > 0:
-            if kwargs.get("pixel_values") is not None:
+            if self.adapter.images_given(kwargs):
                 raise UnsupportedInputError(
                     "an image prompt continuing a KV cache that was not filled inside this tokenprune.prune() "
                     "context is not supported; start generation from an empty cache"
@@ -170,7 +174,14 @@ class PruningSession:
         use_cache = kwargs.get("use_cache")
         if use_cache is None:
             use_cache = getattr(self.backbone.config, "use_cache", True)
-        prefill = Prefill.start(**common, cut_layers=self.cut_layers, tokens=tokens, kwargs=kwargs, use_cache=use_cache)
+        prefill = Prefill.start(
+            **common,
+            cut_layers=self.cut_layers,
+            tokens=tokens,
+            positions=self.adapter.positions(kwargs),
+            kwargs=kwargs,
+            use_cache=use_cache,
+        )
         self.reports.append(prefill.report)
         return prefill
 
@@ -187,6 +198,10 @@ class PruningSession:
         self._counting = IDLE
 
     # ------------------------------------------------------------------------------------------ per layer
+    def _on_language_model(self, module, args, kwargs):
+        replaced = self.phase.language_model_input(kwargs)
+        return None if replaced is None else (args, replaced)
+
     def _layer_hook(self, i: int):
         def hook(module, args, kwargs):
             return self.phase.layer_input(i, args, kwargs)
