@@ -71,6 +71,13 @@ def tiny_model(attn: str = "sdpa", layers: int = LAYERS, seed: int = 0, family: 
     return build_model(spec(attn, layers, family, backbone), seed=seed)
 
 
+def fresh_model(family: str = "llava", attn: str = "sdpa", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A new (not shared) tiny model of `family`, for tests that change it."""
+    if family in QWEN_FAMILIES:
+        return build_qwen_model(spec(attn, family=family), seed=seed, dtype=dtype)
+    return build_model(spec(attn, family=family), seed=seed, dtype=dtype)
+
+
 def spec(attn: str = "sdpa", layers: int = LAYERS, family: str = "llava", backbone: str = "llama"):
     if family in QWEN_FAMILIES:
         return QwenSpec(family=family, layers=layers, attn=attn)

@@ -137,10 +137,15 @@ def run(model, data, name, params, steps=STEPS):
     return session.report, got
 
 
+def head_dim(config) -> int:
+    """Head dim from the config (Qwen2-VL's text config derives it instead of storing it)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def causal_to_dense(model, layer_tokens: list[int]) -> int:
     """The masked upper half a dense attention kernel also computes: 4 H Dh n(n-1)/2 per layer of n rows."""
     c = model.config.text_config
-    return sum(4 * c.num_attention_heads * c.head_dim * n * (n - 1) // 2 for n in layer_tokens)
+    return sum(4 * c.num_attention_heads * head_dim(c) * n * (n - 1) // 2 for n in layer_tokens)
 
 
 def stale_attention(model, report: Report, got: Measured) -> int:
@@ -150,7 +155,7 @@ def stale_attention(model, report: Report, got: Measured) -> int:
     c = model.config.text_config
     seen = report.cache_entries_per_step
     return sum(
-        4 * c.num_attention_heads * c.head_dim * (held - per_layer[0])
+        4 * c.num_attention_heads * head_dim(c) * (held - per_layer[0])
         for step in range(1, len(seen))
         for held, per_layer in zip(got.kv_entries[step], seen[step], strict=True)
     )

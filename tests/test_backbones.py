@@ -14,13 +14,25 @@ import pytest
 import torch
 from conftest import inputs, tiny_model
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb as qwen2_5_vl_rotary
+from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb as qwen3_vl_rotary
 
 import tokenprune as tp
 from tokenprune.backbones import BACKBONES, LAYER_KINDS, backbone_for
 from tokenprune.backbones.llama import LlamaBackbone, MistralBackbone
+from tokenprune.backbones.qwen import Qwen2Backbone, Qwen3Backbone
 
 ENGINE = Path(tp.__file__).parent
-MODELS = [pytest.param("llava", "llama", id="llama"), pytest.param("llava_next", "mistral", id="mistral")]
+MODELS = [
+    pytest.param("llava", "llama", id="llama"),
+    pytest.param("llava_next", "mistral", id="mistral"),
+    pytest.param("qwen2_vl", "qwen2", id="qwen2-vl"),
+    pytest.param("qwen2_5_vl", "qwen2", id="qwen2.5-vl"),
+    pytest.param("qwen3_vl", "qwen3", id="qwen3-vl"),
+]
+BACKBONE_CLASSES = {"llama": LlamaBackbone, "mistral": MistralBackbone, "qwen2": Qwen2Backbone, "qwen3": Qwen3Backbone}
+# each family's own apply_rotary_pos_emb (what its attention calls)
+ROTARY = {"qwen2_5_vl": qwen2_5_vl_rotary, "qwen3_vl": qwen3_vl_rotary}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -43,7 +55,7 @@ def test_the_engine_imports_nothing_from_transformers_models(path):
 
 @pytest.mark.parametrize("family,name", MODELS)
 def test_backbone_found_from_the_language_model_class(family, name):
-    expected = {"llama": LlamaBackbone, "mistral": MistralBackbone}[name]
+    expected = BACKBONE_CLASSES[name]
     model = tiny_model(family=family, backbone=name)
     found = backbone_for(model.model.language_model, type(model).__name__)
     assert type(found) is expected
@@ -69,14 +81,15 @@ def test_rotate_is_transformers_rotary_bit_for_bit(family, name):
     gen = torch.Generator().manual_seed(0)
     states = torch.randn(2, 4, 7, 16, generator=gen)
     cos, sin = torch.randn(2, 7, 16, generator=gen), torch.randn(2, 7, 16, generator=gen)
-    expected, _ = apply_rotary_pos_emb(states, states, cos, sin)
+    expected, _ = ROTARY.get(family, apply_rotary_pos_emb)(states, states, cos, sin)
     assert torch.equal(backbone.rotate(states, cos, sin), expected)
 
 
-def test_queries_and_keys_are_what_the_attention_computes():
+@pytest.mark.parametrize("family,name", MODELS)
+def test_queries_and_keys_are_what_the_attention_computes(family, name):
     """The backbone's reading of its query / key sources equals the states the attention builds (recomputed
-    here from the layer's weights and its normed input)."""
-    model = tiny_model()
+    here from the layer's weights, biases and per-head norms, and its normed input)."""
+    model = tiny_model(family=family, backbone=name)
     backbone = backbone_for(model.model.language_model, "m")
     seen = {}
     layer = backbone.layers[1]
@@ -87,19 +100,22 @@ def test_queries_and_keys_are_what_the_attention_computes():
     ]
     try:
         with torch.no_grad():
-            model(**inputs("single"))
+            model(**inputs("single", family=family))
     finally:
         for handle in handles:
             handle.remove()
     attn = backbone.attention(1)
     normed = seen["normed"]
     bsz, length = normed.shape[:2]
-    q = torch.nn.functional.linear(normed, attn.q_proj.weight, attn.q_proj.bias)
-    k = torch.nn.functional.linear(normed, attn.k_proj.weight, attn.k_proj.bias)
-    assert torch.equal(backbone.queries(seen["q"]), q)
+    heads = (bsz, length, -1, backbone.head_dim)
+    q = torch.nn.functional.linear(normed, attn.q_proj.weight, attn.q_proj.bias).view(heads)
+    k = torch.nn.functional.linear(normed, attn.k_proj.weight, attn.k_proj.bias).view(heads)
+    if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's dims before rotary
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    assert torch.equal(backbone.queries(seen["q"]), q.flatten(2))
     keys = backbone.keys(seen["k"])
     assert keys.shape == (bsz, backbone.num_kv_heads, length, backbone.head_dim)
-    assert torch.equal(keys, k.view(bsz, length, backbone.num_kv_heads, backbone.head_dim).transpose(1, 2))
+    assert torch.equal(keys, k.transpose(1, 2))
 
 
 class _HybridBackbone(LlamaBackbone):

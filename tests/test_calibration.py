@@ -19,6 +19,8 @@ from transformers import BatchFeature
 import tokenprune as tp
 from tokenprune.calibration import Calibration, find_k
 from tokenprune.tiny import make_inputs
+from tokenprune.tiny_qwen import FAMILIES as QWEN_FAMILIES
+from tokenprune.tiny_qwen import make_qwen_inputs
 
 EPS = 1e-4
 
@@ -89,8 +91,12 @@ def test_on_step_reports_every_k_in_order(calibrated, family):
 
 
 def test_batch_equals_samples_one_by_one(family):
-    sizes = [[(8, 8)], [(16, 16)]] if family == "llava_next" else None
-    batch = make_inputs(spec(family=family), [4, 2], [8, 5], seed=3, image_sizes=sizes)
+    if family in QWEN_FAMILIES:  # an image and a video of different lengths
+        two = [[("text", 4), ("image", (8, 8)), ("text", 8)], [("text", 2), ("video", (4, 4, 8)), ("text", 5)]]
+        batch = make_qwen_inputs(spec(family=family), two, seed=3)
+    else:
+        sizes = [[(8, 8)], [(16, 16)]] if family == "llava_next" else None
+        batch = make_inputs(spec(family=family), [4, 2], [8, 5], seed=3, image_sizes=sizes)
     singles = [sample_of(batch, b, [1, 1]) for b in range(2)]
     assert not batch["attention_mask"].bool().all()  # really left-padded
     model = tiny_model(family=family)

@@ -7,12 +7,22 @@ from reference import reference_generate
 
 import tokenprune as tp
 from tokenprune.tiny import make_inputs
+from tokenprune.tiny_qwen import FAMILIES as QWEN_FAMILIES
+from tokenprune.tiny_qwen import make_qwen_inputs
 
 IMAGES = [2, 1, 2]  # a batch where samples have two, one and two images
 NEXT_SIZES = [[(8, 8), (16, 8)], [(16, 16)], [(24, 8), (8, 16)]]
+# Qwen-VL grids in patches (2x2 merge): 8 + 16, 24, 4 + 12 tokens
+QWEN_IMAGES = [
+    [("text", 3), ("image", (4, 8)), ("text", 1), ("image", (8, 8)), ("text", 5)],
+    [("text", 1), ("image", (8, 12)), ("text", 7)],
+    [("text", 2), ("image", (4, 4)), ("text", 1), ("image", (12, 4)), ("text", 2)],
+]
 
 
 def batch(family: str, attn: str = "sdpa") -> dict:
+    if family in QWEN_FAMILIES:
+        return make_qwen_inputs(spec(attn, family=family), QWEN_IMAGES, seed=4)
     sizes = NEXT_SIZES if family == "llava_next" else None
     images = None if sizes else IMAGES
     return make_inputs(spec(attn, family=family), [3, 1, 2], [5, 7, 2], seed=4, images=images, image_sizes=sizes)
@@ -56,7 +66,7 @@ def test_report_counts_per_sample_and_per_image(family):
     if family == "llava":  # every LLaVA-1.5 image is a grid x grid block (the last prompt token is text)
         assert per_image == [[36, 36], [36], [36, 36]]
     else:
-        assert len({n for p in per_image for n in p}) > 2  # anyres: counts differ per image
+        assert len({n for p in per_image for n in p}) > 2  # anyres or any grid: counts differ per image
     kept = report.kept_visual_per_image[2]
     assert [sum(p) for p in kept] == [len(k) for k in report.kept_visual[2]]
     assert [sum(p) for p in kept] == [round(n * 0.5) for n in report.visual_tokens]

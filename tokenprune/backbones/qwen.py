@@ -1,4 +1,4 @@
-"""Qwen2 / Qwen2.5 (`Qwen2Model`, the text models of Qwen2-VL and Qwen2.5-VL) and Qwen3 (`Qwen3Model`, the
+"""Qwen2 / Qwen2.5 (the text models of Qwen2-VL and Qwen2.5-VL) and Qwen3 (the
 text model of Qwen3-VL) language models.
 
 Qwen2's q/k/v projections carry biases: the projection's output (bias included) is what the attention
@@ -31,7 +31,7 @@ _KINDS = {"full_attention": "full", "sliding_attention": "sliding", "linear_atte
 
 class Qwen2Backbone(LlamaBackbone):
     name = "qwen2"
-    language_models = ("Qwen2Model", "Qwen2VLTextModel", "Qwen2_5_VLTextModel")
+    language_models = ("Qwen2VLTextModel", "Qwen2_5_VLTextModel")
 
     def layer_kinds(self) -> list[str]:
         types = getattr(self.config, "layer_types", None) or ["full_attention"] * len(self.layers)
@@ -51,7 +51,7 @@ class Qwen2Backbone(LlamaBackbone):
 
 class Qwen3Backbone(Qwen2Backbone):
     name = "qwen3"
-    language_models = ("Qwen3Model", "Qwen3VLTextModel")
+    language_models = ("Qwen3VLTextModel",)
     injects = True
 
     def query_source(self, layer: int) -> torch.nn.Module:
