@@ -180,6 +180,9 @@ def reference_prunable(model, data: dict, prune_newlines: bool = False) -> torch
 
 
 def greedy(model, batch: dict, steps: int, **kwargs):
+    """Greedy generation of exactly `steps` tokens on the raw logits (no end-of-sequence: a processor masking
+    it would change the argmax the masked reference takes)."""
+    kwargs.setdefault("eos_token_id", None)
     with torch.no_grad():
         return model.generate(
             **batch,

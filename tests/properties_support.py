@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from reference import RefMethod, Turn
 
 from tokenprune.tiny import NEXT_GRIDS, TinySpec, build_model, make_inputs
+from tokenprune.tiny_qwen import QwenSpec, build_qwen_model, make_qwen_inputs
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "fast")
 # The fast (CI) profile keeps models narrow; the thorough one goes up to the brief's 256.
@@ -80,17 +81,19 @@ def fed_tokens(batch_size: int, steps: int, further: tuple) -> list[list[int]]:
 
 # ----------------------------------------------------------------------------------------------- models
 @functools.lru_cache(maxsize=48)
-def model_for(spec: TinySpec, seed: int):
+def model_for(spec: TinySpec | QwenSpec, seed: int):
     """Building is the expensive part of an example: one model per (spec, seed), shared by every property."""
+    if isinstance(spec, QwenSpec):
+        return build_qwen_model(spec, seed=seed)
     return build_model(spec, seed=seed)
 
 
 @functools.lru_cache(maxsize=24)
-def eager_twin(spec: TinySpec, seed: int):
+def eager_twin(spec: TinySpec | QwenSpec, seed: int):
     """The eager-attention model with exactly the weights of `model_for(spec, seed)` (for the reference)."""
     if spec.attn == "eager":
         return model_for(spec, seed)
-    twin = build_model(replace(spec, attn="eager"), seed=seed)
+    twin = model_for(replace(spec, attn="eager"), seed)
     twin.load_state_dict(model_for(spec, seed).state_dict())
     return twin
 
@@ -99,7 +102,7 @@ def eager_twin(spec: TinySpec, seed: int):
 class Case:
     """A model (by spec + weight seed) and one left-padded batch of prompts for it."""
 
-    spec: TinySpec
+    spec: TinySpec | QwenSpec
     seed: int
     before: tuple[int, ...]  # text tokens before the first image, per sample
     after: tuple[int, ...]  # text tokens after the last image, per sample
@@ -107,6 +110,14 @@ class Case:
     sizes: tuple[tuple[tuple[int, int], ...], ...] | None  # LLaVA-NeXT (height, width) per image per sample
     input_seed: int
     steps: int  # new tokens to generate
+    # Qwen-VL: each sample's content, ("text", n) / ("image", (h, w)) / ("video", (frames, h, w)) in order
+    items: tuple | None = None
+    videos: tuple[int, ...] | None = None  # videos per sample (Qwen-VL)
+
+    @property
+    def visual_items(self) -> list[int]:
+        """Images and videos per sample."""
+        return [i + v for i, v in zip(self.images, self.videos or [0] * self.batch_size, strict=True)]
 
     @property
     def batch_size(self) -> int:
@@ -123,6 +134,8 @@ class Case:
         return eager_twin(self.spec, self.seed)
 
     def inputs(self) -> dict:
+        if self.items is not None:
+            return make_qwen_inputs(self.spec, [list(sample) for sample in self.items], seed=self.input_seed)
         sizes = None if self.sizes is None else [list(s) for s in self.sizes]
         return make_inputs(
             self.spec,
@@ -134,12 +147,28 @@ class Case:
         )
 
 
+QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
 @st.composite
-def specs(draw, attn: str | None = None) -> TinySpec:
-    family = draw(st.sampled_from(["llava", "llava_next"]))
+def specs(draw, attn: str | None = None) -> TinySpec | QwenSpec:
+    family = draw(st.sampled_from(["llava", "llava_next", *QWEN]))
     heads = draw(st.sampled_from([2, 4]))
     unit = heads * 8  # head_dim a multiple of 8 (even, for RoPE)
     hidden = unit * draw(st.integers(max(1, math.ceil(32 / unit)), MAX_HIDDEN // unit))
+    if family in QWEN:
+        layers = draw(st.integers(2, MAX_LAYERS))
+        return QwenSpec(
+            family=family,
+            layers=layers,
+            hidden=hidden,
+            heads=heads,
+            kv_heads=draw(st.sampled_from([d for d in (1, 2, 4) if heads % d == 0])),
+            intermediate=hidden * draw(st.sampled_from([1, 2, 3])),
+            attn=attn or draw(st.sampled_from(["sdpa", "eager"])),
+            # Qwen3-VL: deepstack levels added after the first one or two decoder layers
+            deepstack_visual_indexes=draw(st.sampled_from([(0,), (0, 1)])),
+        )
     return TinySpec(
         layers=draw(st.integers(2, MAX_LAYERS)),
         hidden=hidden,
@@ -184,9 +213,28 @@ def cases(
         images = draw(st.lists(st.integers(1, 2), min_size=bsz, max_size=bsz))
         if bsz > 1 and draw(st.booleans()):
             images[draw(st.integers(0, bsz - 1))] = 0  # a text-only sample inside an image batch
-    sizes = None
+    sizes = items = videos = None
     if spec.family == "llava_next":
         sizes = tuple(tuple(draw(image_size(spec.side)) for _ in range(n)) for n in images)
+    if isinstance(spec, QwenSpec):  # each image or video drawn as either, with its own grid
+        items, counts, videos = [], [], []
+        for b in range(bsz):
+            sample, kinds = [("text", before[b])] if before[b] else [], []
+            for i in range(images[b]):
+                side = st.sampled_from([2, 4, 6, 8])  # patches; 2x2 merge: 1 to 16 tokens per frame pair
+                if draw(st.booleans()):
+                    sample.append(("video", (draw(st.sampled_from([2, 4])), draw(side), draw(side))))
+                else:
+                    sample.append(("image", (draw(side), draw(side))))
+                kinds.append(sample[-1][0])
+                if i < images[b] - 1:
+                    sample.append(("text", 1))
+            if after[b] or not sample:
+                sample.append(("text", max(after[b], 1)))
+            items.append(tuple(sample))
+            counts.append(kinds.count("image"))
+            videos.append(kinds.count("video"))
+        images, items, videos = counts, tuple(items), tuple(videos)
     return Case(
         spec=spec,
         seed=draw(st.integers(0, 2)),
@@ -196,6 +244,8 @@ def cases(
         sizes=sizes,
         input_seed=draw(st.integers(0, 2**16)),
         steps=draw(st.integers(min_steps, max_steps)),
+        items=items,
+        videos=videos,
     )
 
 
@@ -283,7 +333,7 @@ def ref_method(name: str, params: dict) -> RefMethod:
 def prunable_mask(model, data: dict, prune_newlines: bool = False) -> torch.Tensor:
     """(B, L) tokens a strategy may remove: real image placeholders, minus LLaVA-NeXT newlines (unless the
     adapter option prune_newlines is set), minus the last prompt token (it produces the next token)."""
-    mask = (data["input_ids"] == model.config.image_token_id) & data["attention_mask"].bool()
+    mask = placeholders(model, data)
     not_newline = reference_prunable(model, data, prune_newlines)
     if not_newline is not None:
         mask &= not_newline
@@ -292,7 +342,12 @@ def prunable_mask(model, data: dict, prune_newlines: bool = False) -> torch.Tens
 
 
 def placeholders(model, data: dict) -> torch.Tensor:
-    return (data["input_ids"] == model.config.image_token_id) & data["attention_mask"].bool()
+    """Real image placeholders, and video placeholders where the family has them (Qwen-VL)."""
+    ids = data["input_ids"]
+    found = ids == model.config.image_token_id
+    if getattr(model.config, "video_token_id", None) is not None:
+        found |= ids == model.config.video_token_id
+    return found & data["attention_mask"].bool()
 
 
 def cut_layers(name: str, params: dict, layers: int) -> list[int]:

@@ -199,13 +199,6 @@ def reference_generate(
 
         return hook
 
-    # Greedy as the tests' generate() calls run it (min_new_tokens = steps): end-of-sequence is never chosen.
-    eos = model.generation_config.eos_token_id
-    eos = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
-
-    def choose(logits: torch.Tensor) -> torch.Tensor:
-        return logits.index_fill(-1, eos, float("-inf")).argmax(-1)
-
     handles = []
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(layer_pre(i), with_kwargs=True))
@@ -216,7 +209,7 @@ def reference_generate(
         out = model(**inputs, past_key_values=cache, position_ids=positions, use_cache=True)
         initial = [p.sum(1) for p in per_layer_present]
         logits = [out.logits[:, -1].float()]
-        tokens = [choose(logits[-1])]
+        tokens = [logits[-1].argmax(-1)]
         visual_steps = [[p.sum(1).tolist() for p in per_layer_present]]
         next_pos = positions[..., -1] + 1  # (B,) position of the next real token (per row for multimodal RoPE)
         schedule = [(None, None)] * (steps - 1)  # one forward per step: (extra ids, their mask)
@@ -250,7 +243,7 @@ def reference_generate(
                 use_cache=True,
             )
             logits.append(out.logits[:, -1].float())
-            tokens.append(choose(logits[-1]))
+            tokens.append(logits[-1].argmax(-1))
             visual_steps.append([p.sum(1).tolist() for p in per_layer_present])
     finally:
         for h in handles:

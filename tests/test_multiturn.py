@@ -25,7 +25,7 @@ def new_turn(bsz: int, length: int = 4, padded: bool = True):
 
 
 def two_turns(model, data, ids, mask, **kwargs):
-    gen = dict(do_sample=False, output_logits=True, return_dict_in_generate=True, **kwargs)
+    gen = dict(do_sample=False, output_logits=True, return_dict_in_generate=True, eos_token_id=None, **kwargs)
     with torch.no_grad():
         first = model.generate(**data, max_new_tokens=FIRST, min_new_tokens=FIRST, **gen)
         done = torch.ones(ids.shape[0], FIRST, dtype=torch.long)

@@ -168,8 +168,10 @@ def test_kept_sets_nested_prunable_and_counted(drawn):
     text = [r - n for r, n in zip(real, visual, strict=True)]  # every real prompt token that may not be removed
     assert report.visual_tokens == visual
     assert report.prompt_tokens == real
-    assert [sum(per_image) for per_image in report.visual_tokens_per_image] == visual
+    per_item = zip(report.visual_tokens_per_image, report.visual_tokens_per_video, strict=True)
+    assert [sum(per_image) + sum(per_video) for per_image, per_video in per_item] == visual
     assert report.images == [int(n) for n in case.images]
+    assert report.videos == list(case.videos or [0] * bsz)
 
     # prefill: kept sets per cut layer, nested, inside the prunable tokens, with the schedule's counts
     prefill = expected_prefill(name, params, case.layers, visual)
@@ -183,8 +185,8 @@ def test_kept_sets_nested_prunable_and_counted(drawn):
             assert set(indices) <= previous[b], f"layer {layer} sample {b}: not nested / not prunable"
             assert len(indices) == prefill[layer][b]
             previous[b] = set(indices)
-        per_image = report.kept_visual_per_image[layer]
-        assert [sum(x) for x in per_image] == [len(x) for x in kept[layer]]
+        per_item = zip(report.kept_visual_per_image[layer], report.kept_visual_per_video[layer], strict=True)
+        assert [sum(i) + sum(v) for i, v in per_item] == [len(x) for x in kept[layer]]
     assert report.prefill_visual_tokens == prefill
     assert report.prefill_tokens == [[t + p for t, p in zip(text, layer, strict=True)] for layer in prefill]
 
@@ -261,7 +263,9 @@ def test_batch_equals_per_sample(drawn):
             [(b, 0)],
             what=f"sample {b}",
         )
-        if not case.images[b]:  # a text-only sample alone passes through untouched; in the batch nothing of it goes
+        if not case.visual_items[
+            b
+        ]:  # a text-only sample alone passes through untouched; in the batch nothing of it goes
             assert run_b.reports == []
             assert batch.visual_tokens[b] == 0
             assert all(layer[b] == 0 for step in batch.visual_cache_entries for layer in step)
@@ -285,8 +289,9 @@ def test_extra_left_padding_changes_nothing(drawn, extra):
     _describe(case, name, params, options)
     model, data = case.model(), case.inputs()
     padded = dict(data)
-    for key in ("input_ids", "attention_mask"):
-        padded[key] = torch.cat([data[key].new_zeros(case.batch_size, extra), data[key]], 1)
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):  # every per-token input (Qwen-VL's types)
+        if key in data:
+            padded[key] = torch.cat([data[key].new_zeros(case.batch_size, extra), data[key]], 1)
     with tp.prune(model, name, adapter_options=options, **params) as run:
         out = generate(model, data, case.steps)
     with tp.prune(model, name, adapter_options=options, **params) as run_padded:
