@@ -209,3 +209,44 @@ def test_llava_next_with_disk_offload(tmp_path, batch):
     for a, b in zip(out.logits, expected.logits, strict=True):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
     assert run.report.to_dict() == expected_run.report.to_dict()
+
+
+@pytest.mark.filterwarnings("ignore:The following device_map keys")
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_vl_saved_and_dispatched_with_disk_offload(tmp_path, family):
+    """Qwen-VL through save_pretrained / from_pretrained, with offloaded layers (Qwen3-VL: deepstack levels
+    added after layers 0 and 1, layer 1 on disk), prunes like the model loaded normally: images and a video in
+    one padded batch."""
+    from transformers import AutoModelForImageTextToText
+
+    from tokenprune.tiny_qwen import build_qwen_model
+
+    directory = tmp_path / family
+    build_qwen_model(spec("sdpa", family=family), seed=0).save_pretrained(directory)
+    layers = {f"model.language_model.layers.{i}": "disk" if i in (1, 4) else "cpu" for i in range(LAYERS)}
+    device_map = {
+        "model.visual": "cpu",
+        "model.language_model.embed_tokens": "cpu",
+        **layers,
+        "model.language_model.norm": "cpu",
+        "model.language_model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
+    hf_logging.set_verbosity_error()
+    load = dict(dtype=torch.float32, attn_implementation="sdpa")
+    normal = AutoModelForImageTextToText.from_pretrained(directory, **load).eval()
+    model = AutoModelForImageTextToText.from_pretrained(
+        directory, device_map=device_map, offload_folder=str(tmp_path / "offload"), **load
+    ).eval()
+    hf_logging.set_verbosity_warning()
+    data = inputs("padded", family=family)
+    params = dict(start_layer=1, stride=1, ratio=0.4, horizon=6)
+    with tp.prune(normal, "st3", **params) as expected_run:
+        expected = greedy(normal, data, STEPS)
+    with tp.prune(model, "st3", **params) as run:
+        out = greedy(model, data, STEPS)
+    assert torch.equal(out.sequences, expected.sequences)
+    for a, b in zip(out.logits, expected.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert run.report.to_dict() == expected_run.report.to_dict()
+    assert run.report.visual_tokens_per_video == [[], [32], []]
