@@ -67,20 +67,19 @@ class Report:
         dtype,
         horizon,
     ) -> "Report":
-        if video_of is None:
-            video_of = torch.full_like(image_of, -1)
+        bsz = valid.shape[0]
         return cls(
             strategy=strategy,
             arch=shape,
             prompt_tokens=valid.sum(1).tolist(),
             visual_tokens=visual.sum(1).tolist(),
             images=(image_of.max(1).values + 1).tolist(),
-            videos=(video_of.max(1).values + 1).tolist(),
+            videos=[0] * bsz if video_of is None else (video_of.max(1).values + 1).tolist(),
             padded_length=valid.shape[1],
             horizon=horizon,
             kv_dtype_bytes=torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 1,
             _image_of=torch.where(visual, image_of, -1),
-            _video_of=torch.where(visual, video_of, -1),
+            _video_of=None if video_of is None else torch.where(visual, video_of, -1),
         )
 
     def record_prefill_layer(self, layer: int, tokens: torch.Tensor, visual: torch.Tensor) -> None:
@@ -143,6 +142,9 @@ class Report:
     def _kept_per_item(self, item_of: torch.Tensor | None, items: list[int]) -> dict[int, list[list[int]]]:
         out = {}
         for layer, (source, visual) in sorted(self._cuts.items()):
+            if item_of is None:  # a family without this kind of item (videos in LLaVA)
+                out[layer] = [[] for _ in items]
+                continue
             out[layer] = self._counts(torch.where(visual, item_of.to(source.device).gather(1, source), -1), items)
         return out
 
@@ -154,7 +156,9 @@ class Report:
     @property
     def visual_tokens_per_video(self) -> list[list[int]]:
         """[sample][video] prunable visual tokens of each video of each sample."""
-        return [] if self._video_of is None else self._counts(self._video_of, self.videos)
+        if self._video_of is None:  # no sample has videos (or no prefill yet)
+            return [[] for _ in self.videos]
+        return self._counts(self._video_of, self.videos)
 
     @property
     def kept_visual_per_image(self) -> dict[int, list[list[int]]]:
