@@ -120,3 +120,16 @@ def test_gpu_targets_are_judged_from_the_rows():
     assert batched["st3 defaults: >= 1.3x tokens/s at batch 16"]
     assert not batched["st3 defaults: largest batch within a fixed KV memory budget >= 2.5x baseline's"]
     assert len(targets(rows, hooks, torch.device("cpu"), "cpu-medium", 1)) == 2  # hooks + the one strategy
+
+
+def test_bench_on_a_qwen_vl_size(tmp_path):
+    """The Qwen-VL sizes run through the same bench: visual tokens from the image grid, FLOPs ratios below 1."""
+    code, text = run(
+        ["--size", "tiny-qwen25vl", "--repeats", "1", "--new-tokens", "2", "--device", "cpu", "--out", str(tmp_path)]
+    )
+    assert code == 0, text
+    result = json.loads((tmp_path / "bench-tiny-qwen25vl-b1.json").read_text())
+    rows = result["rows"]
+    assert rows["hooks only (fastv ratio=0)"]["prefill_flops_ratio"] == 1.0
+    assert rows["fastv"]["prefill_flops_ratio"] < 1 and rows["st3"]["visual_kv_mean_ratio"] < 1
+    assert result["command"].startswith("tokenprune bench --size tiny-qwen25vl")

@@ -33,16 +33,18 @@ from . import timing
 from .errors import ConfigError
 from .ratios import ratio
 from .tiny import TinySpec, build_model, make_inputs
+from .tiny_qwen import QwenSpec, build_qwen_model, make_qwen_inputs
 
 
 @dataclasses.dataclass(frozen=True)
 class Size:
     name: str
-    spec: TinySpec
+    spec: TinySpec | QwenSpec
     text_before: int = 35
     text_after: int = 28
     image_size: tuple[int, int] | None = None  # LLaVA-NeXT image (h, w) in tiny pixels: sets the token count
     gpu_only: bool = False
+    qwen_grid: tuple[int, int] | None = None  # Qwen-VL image grid (h, w) in patches: h * w / 4 visual tokens
 
 
 SIZES = {
@@ -94,7 +96,40 @@ SIZES = {
             ),
             image_size=(60, 80),
         ),
+        # Qwen2.5-VL at the CPU width (GQA 16/2, biases, multimodal RoPE): 576 visual tokens (a 48x48 patch grid)
+        Size(
+            "cpu-medium-qwen25vl",
+            QwenSpec(family="qwen2_5_vl", layers=16, hidden=1024, heads=16, kv_heads=2, intermediate=2816, vocab=32000),
+            qwen_grid=(48, 48),
+        ),
+        # Qwen2.5-VL-7B's language model (28 layers), one 1288-token image (a 56x92 patch grid) + 64 text tokens
+        Size(
+            "qwen25vl-7b",
+            QwenSpec(
+                family="qwen2_5_vl", layers=28, hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064
+            ),
+            text_before=30,
+            text_after=32,
+            qwen_grid=(56, 92),
+            gpu_only=True,
+        ),
+        # Qwen3-VL-8B's language model (36 layers, q/k norms, deepstack), the same image
+        Size(
+            "qwen3vl-8b",
+            QwenSpec(family="qwen3_vl", layers=36, hidden=4096, heads=32, kv_heads=8, intermediate=12288, vocab=151936),
+            text_before=30,
+            text_after=32,
+            qwen_grid=(56, 92),
+            gpu_only=True,
+        ),
         # for tests of the command itself: seconds on a CPU
+        Size(
+            "tiny-qwen25vl",
+            QwenSpec(family="qwen2_5_vl", layers=4, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512),
+            text_before=6,
+            text_after=6,
+            qwen_grid=(8, 8),
+        ),
         Size(
             "tiny",
             TinySpec(layers=4, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512, grid=6),
@@ -125,6 +160,12 @@ def methods_for(layers: int) -> list[tuple[str, dict]]:
 
 def build(size: Size, batch: int, device: torch.device, dtype: torch.dtype):
     spec = size.spec
+    if isinstance(spec, QwenSpec):  # text, <vision_start> image <vision_end>, text (the two markers are text)
+        model = build_qwen_model(spec, dtype=dtype).to(device)
+        sample = [("text", size.text_before), ("image", size.qwen_grid), ("text", size.text_after)]
+        data = make_qwen_inputs(spec, [sample] * batch)
+        data = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in data.items()}
+        return model, data
     model = build_model(spec, dtype=dtype).to(device)
     sizes = [[size.image_size]] * batch if size.image_size else None
     data = make_inputs(
@@ -431,7 +472,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         action="append",
         choices=sorted(SIZES),
-        help="model shape(s) to run (default: cpu-medium on CPU; the 7B, 13B and NeXT-7B shapes on CUDA)",
+        help="model shape(s) to run (default: cpu-medium on CPU; 7B, 13B, NeXT-7B and Qwen2.5-VL-7B shapes on CUDA)",
     )
     parser.add_argument("--batch", type=int, action="append", help="batch size(s) (default 1; 1 and 16 on CUDA)")
     parser.add_argument("--new-tokens", type=int, help="greedy tokens per generation (default 32 on CPU, 128 on CUDA)")
@@ -452,7 +493,7 @@ def command(args: argparse.Namespace, console: Console) -> int:
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    sizes = args.size or (["llava15-7b", "llava15-13b", "llava-next-7b"] if cuda else ["cpu-medium"])
+    sizes = args.size or (["llava15-7b", "llava15-13b", "llava-next-7b", "qwen25vl-7b"] if cuda else ["cpu-medium"])
     for name in sizes:
         if SIZES[name].gpu_only and not cuda:
             raise ConfigError(
