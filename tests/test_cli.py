@@ -69,6 +69,26 @@ def test_demo_prints_one_row_per_method(tmp_path):
         assert 0.0 <= m["agreement"] <= 1.0
 
 
+QWEN_SMALL = "layers=4,hidden=64,heads=4,kv_heads=2,intermediate=128,vocab=256,patch_size=16"
+
+
+def test_demo_on_a_tiny_qwen_family_through_its_image_processor(tmp_path):
+    report_file = tmp_path / "reports.json"
+    argv = ["demo", "--family", "qwen2_5_vl", "--tiny-spec", QWEN_SMALL, "--max-new-tokens", "4", "--repeats", "1"]
+    code, text = run_cli([*argv, "--json", str(report_file)])
+    assert code == 0, text
+    assert "tiny random Qwen2.5-VL (4 layers, hidden 64), 70 visual + " in text
+    rows = table_rows(text)
+    assert list(rows) == METHODS, text
+    # the synthetic 480x360 picture scaled to 320x224 pixels: 14x20 patches of 16, 2x2 merge: 70 tokens
+    assert rows["baseline"][1] == "70x4"
+    assert rows["fastv"][1] == "70x2 35x2" and rows["vtw"][1] == "70x2 0x2"
+    assert rows["st3"][1].startswith("70x2 ") and float(rows["st3"][2].rstrip("%")) < 100
+    saved = json.loads(report_file.read_text())
+    assert saved["model"]["family"] == "qwen2_5_vl" and saved["model"]["visual_tokens"] == 70
+    assert all(len(m["tokens"]) == 4 and isinstance(m["text"], str) for m in saved["methods"])
+
+
 def test_missing_image_exits_2_naming_the_file(tmp_path, capsys):
     missing = tmp_path / "no-such-picture.png"
     code = cli.main(["demo", "--model", str(tmp_path), "--image", str(missing), "--prompt", "what is this?"])
@@ -88,6 +108,8 @@ def test_missing_image_exits_2_naming_the_file(tmp_path, capsys):
         (["demo", "--image", "{img}"], "need all three"),
         (["demo", "--tiny-spec", "layers=x"], "not an integer"),
         (["demo", "--max-new-tokens", "1"], "--max-new-tokens"),
+        (["demo", "--model", "{tmp}", "--image", "{img}", "--prompt", "hi", "--family", "qwen2_vl"], "tiny model only"),
+        (["demo", "--family", "qwen2_vl", "--tiny-spec", "grid=4"], "allowed: family, layers"),
     ],
 )
 def test_user_errors_exit_2_without_traceback(tmp_path, capsys, argv, expected):

@@ -136,3 +136,65 @@ def test_errors(tmp_path):
     (broken / "config.json").write_text(json.dumps({"model_type": "nonsense"}))
     with pytest.raises(ConfigError, match="cannot load"):
         load_model(str(broken))
+
+
+# ------------------------------------------------------------------------------------------- Qwen-VL
+QWEN_SMALL = dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=256, patch_size=4)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_tiny_qwen_inputs_placeholders_follow_the_grid_and_generate(family):
+    from tokenprune.tiny_qwen import QwenSpec, qwen_visual_tokens
+
+    loaded = load_model("tiny", family=family, tiny=QWEN_SMALL, seed=1)
+    assert loaded.family == family and loaded.num_layers == 2 and loaded.source == "tiny"
+    assert tp.resolve_adapter(loaded.model).name == "qwen_vl"
+    text = loaded.prompt_text("What is it?", 2)
+    assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == 2 and text.endswith("assistant\n")
+    config = loaded.model.config
+    for sizes in [[(64, 48)], [(40, 100), (30, 30)]]:
+        inputs = loaded.inputs([_image(*size) for size in sizes], "What colour is the square?")
+        grids = inputs["image_grid_thw"]
+        image_processor = loaded.processor.image_processor
+        assert grids.shape == (len(sizes), 3) and image_processor.patch_size == 4 and image_processor.merge_size == 2
+        placeholders = inputs["input_ids"][0] == config.image_token_id
+        assert int(placeholders.sum()) == sum(qwen_visual_tokens(QwenSpec(), g) for g in grids) > 0
+        assert torch.equal(inputs["mm_token_type_ids"][0], placeholders.long())
+        assert inputs["pixel_values"].shape[0] == int(grids.prod(-1).sum())
+        assert int((inputs["input_ids"] == config.vision_start_token_id).sum()) == len(sizes)
+        with tp.prune(loaded.model, "st3") as run:
+            out = loaded.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        assert run.report.to_dict()["prompt_tokens"] == [inputs["input_ids"].shape[1]]
+        assert isinstance(loaded.decode(out[0, inputs["input_ids"].shape[1] :]), str)
+
+
+def test_saved_tiny_qwen_directory_loads_without_auto_processor(tmp_path):
+    from tokenprune.models import tiny_spec
+    from tokenprune.qwen_inputs import QwenInputs
+
+    spec = tiny_spec("qwen2_5_vl", QWEN_SMALL)
+    save_tiny(tmp_path / "q", spec, seed=2)
+    loaded = load_model(str(tmp_path / "q"), device="cpu")
+    assert isinstance(loaded.processor, QwenInputs) and loaded.family == "qwen_vl" and loaded.num_layers == 2
+    fresh = load_model("tiny", family="qwen2_5_vl", tiny=QWEN_SMALL, seed=2)
+    inputs = loaded.inputs([_image(40, 56)], "What colour is the square?")
+    expected = fresh.inputs([_image(40, 56)], "What colour is the square?")
+    assert inputs.keys() == expected.keys() and all(torch.equal(inputs[k], expected[k]) for k in inputs)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**inputs).logits, fresh.model(**inputs).logits)
+
+
+def test_tiny_qwen_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"Qwen-VL model field\(s\) grid; allowed: family, layers"):
+        load_model("tiny", family="qwen2_vl", tiny={"grid": 4})
+    with pytest.raises(ConfigError, match="qwen2_vl, qwen2_5_vl, qwen3_vl"):
+        load_model("tiny", family="qwen2_vl", tiny={"family": "llava"})
+    with pytest.raises(ConfigError, match="head_dim"):
+        load_model("tiny", family="qwen3_vl", tiny={**QWEN_SMALL, "heads": 16})
+    # a list (from a config file) for a tuple field is taken as the tuple
+    loaded = load_model("tiny", family="qwen3_vl", tiny={**QWEN_SMALL, "deepstack_visual_indexes": [1]})
+    assert loaded.model.config.vision_config.deepstack_visual_indexes == [1]
+    # a Qwen-VL directory whose tokenizer / image processor cannot be loaded either: one clear error
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    with pytest.raises(ConfigError, match="torchvision"):
+        load_model(str(tmp_path))

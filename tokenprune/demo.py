@@ -1,9 +1,10 @@
 """`tokenprune demo`: the unpruned model vs FastV, VTW and ST3 on one input, in one table.
 
 Without arguments it runs on a small random LLaVA-1.5-shaped model (`tokenprune.tiny`) with a synthetic
-image and prompt, so it needs no weights and no network. With `--model DIR --image FILE --prompt TEXT`
-it runs on real local weights. Every method gets the same input and greedy decoding; latency is timed
-side by side with `tokenprune.timing` and shown as ratios to the baseline.
+input, so it needs no weights and no network; `--family` picks another embedded tiny model (LLaVA-NeXT,
+Qwen2-VL, Qwen2.5-VL, Qwen3-VL), fed a synthetic picture and prompt through its processor. With
+`--model DIR --image FILE --prompt TEXT` it runs on real local weights. Every method gets the same input
+and greedy decoding; latency is timed side by side with `tokenprune.timing` and shown as ratios to the baseline.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ import tokenprune as tp
 from . import timing
 from .data import load_image
 from .metrics import agreement, first_token_kl
-from .models import ATTENTION, DTYPES, load_model, resolve_device, resolve_dtype
+from .models import ATTENTION, DTYPES, FAMILIES, load_model, resolve_device, resolve_dtype
 from .tiny import TinySpec, build_model, make_inputs
 
 #: the embedded default: LLaVA-1.5's 576 visual tokens (24x24 grid) on a narrow 8-layer LLaMA decoder
 DEFAULT_SPEC = TinySpec(layers=8, hidden=256, heads=8, kv_heads=8, intermediate=688, vocab=1024, grid=24)
 #: synthetic prompt layout around the image, close to LLaVA-1.5's chat template (~64 text tokens)
 TEXT_BEFORE, TEXT_AFTER = 40, 24
+#: the question about the synthetic picture, for the tiny models of the other families
+TINY_PROMPT = "What shapes are in the picture, and what colour is each one?"
 
 
 class DemoError(Exception):
@@ -49,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     real.add_argument("--model", metavar="DIR", help="local Hugging Face LLaVA model directory")
     real.add_argument("--image", metavar="FILE", help="image file (anything PIL can open)")
     real.add_argument("--prompt", metavar="TEXT", help="question about the image")
+    parser.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        help="family of the built-in tiny random model (default llava: LLaVA-1.5); not with --model",
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, default=32, metavar="N", help="greedy tokens to generate (default 32)"
     )
@@ -72,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--attn", default="sdpa", choices=list(ATTENTION), help="attention implementation (default sdpa)"
     )
     parser.add_argument("--json", metavar="PATH", help="write every report, timing and output to this JSON file")
-    # Undocumented: a smaller random model for tests, e.g. "layers=4,hidden=64,grid=6".
+    # Undocumented: a smaller random model for tests, e.g. "layers=4,hidden=64,grid=6" (LLaVA-1.5: TinySpec
+    # fields; other families: their spec's integer fields, checked by tokenprune.models).
     parser.add_argument("--tiny-spec", help=argparse.SUPPRESS)
 
 
@@ -93,6 +102,22 @@ def parse_tiny_spec(text: str | None, attn: str = "sdpa") -> TinySpec:
         except ValueError:
             raise DemoError(f"bad --tiny-spec value {item!r}: {value!r} is not an integer") from None
     return dataclasses.replace(spec, **values)
+
+
+def parse_tiny_overrides(text: str | None) -> dict | None:
+    """Integer spec overrides from "key=value,..." for `load_model(tiny=...)`, which checks the keys."""
+    if not text:
+        return None
+    values = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DemoError(f"bad --tiny-spec item {item!r}; expected key=int")
+        try:
+            values[key.strip()] = int(value)
+        except ValueError:
+            raise DemoError(f"bad --tiny-spec value {item!r}: {value!r} is not an integer") from None
+    return values
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -122,6 +147,21 @@ def _to(inputs: dict, device: torch.device, dtype: torch.dtype) -> dict[str, tor
 def real_setup(model_dir: str, image, prompt: str, device: str, dtype: str, attn: str) -> Setup:
     """Local weights through `tokenprune.models` (the processor and its chat template prepare the input)."""
     loaded = load_model(model_dir, dtype=dtype, device=device, attn=attn)
+    info = {"source": str(model_dir), "class": type(loaded.model).__name__, "prompt": prompt}
+    return _loaded_setup(loaded, image, prompt, synthetic=False, info=info)
+
+
+def family_setup(family: str, tiny: dict | None, device: str, dtype: str, attn: str) -> Setup:
+    """The embedded tiny model of `family` through `tokenprune.models`, fed `show.synthetic_image()` and
+    `TINY_PROMPT` through its processor."""
+    from .show import synthetic_image  # here: show imports this module
+
+    loaded = load_model("tiny", family=family, tiny=tiny, dtype=dtype, device=device, attn=attn)
+    info = {"source": "tiny", "family": family, "class": type(loaded.model).__name__, "prompt": TINY_PROMPT}
+    return _loaded_setup(loaded, synthetic_image(), TINY_PROMPT, synthetic=True, info=info)
+
+
+def _loaded_setup(loaded, image, prompt: str, synthetic: bool, info: dict) -> Setup:
     inputs = loaded.inputs([image], prompt)
     config = loaded.model.config
     image_token = getattr(config, "image_token_id", None)
@@ -135,9 +175,9 @@ def real_setup(model_dir: str, image, prompt: str, device: str, dtype: str, attn
         description=description,
         num_layers=loaded.num_layers,
         visual_tokens=visual,
-        synthetic=False,
+        synthetic=synthetic,
         decode=loaded.decode,
-        info={"source": str(model_dir), "class": type(loaded.model).__name__, "prompt": prompt},
+        info=info,
     )
 
 
@@ -206,16 +246,25 @@ def run_demo(
     attn: str = "sdpa",
     json_path: str | None = None,
     spec: TinySpec | None = None,
+    family: str = "llava",
+    tiny: dict | None = None,
     console: Console | None = None,
     progress_console: Console | None = None,
 ) -> dict:
-    """Run the demo, print its table on `console` and return everything measured (also what --json writes)."""
+    """Run the demo, print its table on `console` and return everything measured (also what --json writes).
+
+    Without `model`: the tiny LLaVA-1.5 of `spec` (family "llava"), or the tiny model of `family` with the
+    `tiny` spec overrides (see `tokenprune.models.load_model`)."""
     console = console or Console()
     progress_console = progress_console or Console(stderr=True)
     given = [name for name, value in (("--model", model), ("--image", image), ("--prompt", prompt)) if value]
     if given and len(given) != 3:
         missing = sorted({"--model", "--image", "--prompt"} - set(given))
         raise DemoError(f"{', '.join(given)} given without {', '.join(missing)}: real weights need all three")
+    if family not in FAMILIES:
+        raise DemoError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+    if model and (family != "llava" or tiny):
+        raise DemoError("--family and the tiny model's spec apply to the built-in tiny model only, not --model")
     if max_new_tokens < 2:
         raise DemoError(f"--max-new-tokens must be >= 2 to time decoding, not {max_new_tokens}")
     if repeats < 1:
@@ -239,6 +288,8 @@ def run_demo(
         step = progress.add_task("loading model", total=None)
         if model:
             setup = real_setup(model, picture, prompt, device, dtype, attn)
+        elif family != "llava":
+            setup = family_setup(family, tiny, device, dtype, attn)
         else:
             setup = tiny_setup(spec or dataclasses.replace(DEFAULT_SPEC, attn=attn), dev, dt)
         methods = default_methods(setup.num_layers)
@@ -381,7 +432,11 @@ def make_table(summary: dict, baseline_timing: timing.Timing) -> Table:
 
 def command(args: argparse.Namespace, console: Console | None = None) -> int:
     """Entry of the `demo` subcommand; returns the exit code."""
-    spec = parse_tiny_spec(args.tiny_spec, args.attn) if args.tiny_spec else None
+    family = args.family or "llava"
+    if args.model and args.family:
+        raise DemoError(f"--family {args.family} applies to the built-in tiny model only, not to --model")
+    spec = parse_tiny_spec(args.tiny_spec, args.attn) if args.tiny_spec and family == "llava" else None
+    tiny = parse_tiny_overrides(args.tiny_spec) if family != "llava" else None
     run_demo(
         model=args.model,
         image=args.image,
@@ -393,6 +448,8 @@ def command(args: argparse.Namespace, console: Console | None = None) -> int:
         attn=args.attn,
         json_path=args.json,
         spec=spec,
+        family=family,
+        tiny=tiny,
         console=console,
     )
     return 0

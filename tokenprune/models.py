@@ -3,14 +3,19 @@
 `load_model("tiny")` builds a random LLaVA-1.5 (or, with `family="llava_next"`, LLaVA-NeXT) model from
 `tokenprune.tiny` together with a real processor (`tiny.build_processor`), so evaluation code runs the
 same path (images + prompt -> processor -> `generate` -> decode) with or without real weights.
+With `family="qwen2_vl" | "qwen2_5_vl" | "qwen3_vl"` it builds a random Qwen-VL model from
+`tokenprune.tiny_qwen` with `qwen_inputs.QwenInputs` (tokenizer + PIL image processor) as its processor.
 `load_model(DIR)` loads what `save_pretrained` wrote (or a Hub snapshot) with `AutoProcessor` and
-`AutoModelForImageTextToText`; the family comes from the adapter that serves the loaded class.
+`AutoModelForImageTextToText`; the family comes from the adapter that serves the loaded class. Qwen-VL
+directories fall back to `AutoTokenizer` + `AutoImageProcessor` when `AutoProcessor` fails (without
+torchvision it cannot build their video processor).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,24 +24,43 @@ import torch
 
 from .engine.checks import SUPPORTED_ATTENTION, SUPPORTED_DTYPES
 from .errors import ConfigError, DataError
+from .qwen_inputs import MODEL_TYPES as QWEN_MODEL_TYPES
+from .qwen_inputs import load_qwen_inputs, tiny_qwen_inputs
 from .tiny import TinySpec, build_model, build_processor, build_tokenizer, llava_config
+from .tiny_qwen import FAMILIES as QWEN_FAMILIES
+from .tiny_qwen import QwenSpec, build_qwen_model, build_qwen_tokenizer, qwen_config
 
 # what the pruning engine supports, by name (the one list lives with the engine's checks)
 DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in SUPPORTED_DTYPES}
 ATTENTION = SUPPORTED_ATTENTION
-FAMILIES = ("llava", "llava_next")
-FAMILY_NAMES = {"llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT"}
+LLAVA_FAMILIES = ("llava", "llava_next")
+FAMILIES = LLAVA_FAMILIES + QWEN_FAMILIES
+FAMILY_NAMES = {
+    "llava": "LLaVA-1.5",
+    "llava_next": "LLaVA-NeXT",
+    "qwen2_vl": "Qwen2-VL",
+    "qwen2_5_vl": "Qwen2.5-VL",
+    "qwen3_vl": "Qwen3-VL",
+}
+#: the embedded Qwen-VL shape (family set per family): a decoder like the demo's LLaVA one, 8x8-pixel
+#: patches, and images scaled to at most 320x240 pixels (`qwen_inputs.TINY_MAX_PIXELS`): 300 visual tokens
+DEFAULT_QWEN_SPEC = QwenSpec(
+    layers=8, hidden=256, heads=8, kv_heads=4, intermediate=688, vocab=1024, vision_hidden=64, patch_size=8
+)
 
 
-def default_tiny_spec(family: str) -> TinySpec:
+def default_tiny_spec(family: str) -> TinySpec | QwenSpec:
     """The embedded model of `family`: the demo's LLaVA-1.5 shape; for NeXT the same decoder with a
-    Mistral backbone and 12x12-token crops (anyres images then give a few hundred visual tokens)."""
+    Mistral backbone and 12x12-token crops (anyres images then give a few hundred visual tokens); for the
+    Qwen-VL families `DEFAULT_QWEN_SPEC`."""
     from .demo import DEFAULT_SPEC  # here, not at import time: the demo may use this module
 
     if family == "llava":
         return DEFAULT_SPEC
     if family == "llava_next":
         return dataclasses.replace(DEFAULT_SPEC, family="llava_next", backbone="mistral", grid=12)
+    if family in QWEN_FAMILIES:
+        return dataclasses.replace(DEFAULT_QWEN_SPEC, family=family)
     raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
 
 
@@ -46,7 +70,7 @@ class LoadedModel:
 
     model: torch.nn.Module
     processor: Any
-    family: str  # "llava" | "llava_next"
+    family: str  # tiny: the family asked for; a directory: the name of the adapter serving it
     source: str  # "tiny" or the directory
     description: str
     num_layers: int
@@ -61,6 +85,8 @@ class LoadedModel:
 
     def prompt_text(self, prompt: str, num_images: int = 1) -> str:
         """`prompt` in the processor's chat template, one image slot per image, ready for generation."""
+        if hasattr(self.processor, "prompt_text"):  # qwen_inputs.QwenInputs
+            return self.processor.prompt_text(prompt, num_images)
         content = [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
         if getattr(self.processor, "chat_template", None):
             messages = [{"role": "user", "content": content}]
@@ -114,24 +140,35 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def tiny_spec(family: str = "llava", tiny: dict | None = None, attn: str = "sdpa") -> TinySpec:
-    """The default spec of `family` with the `tiny` overrides (TinySpec field -> value)."""
+def tiny_spec(family: str = "llava", tiny: dict | None = None, attn: str = "sdpa") -> TinySpec | QwenSpec:
+    """The default spec of `family` with the `tiny` overrides (TinySpec or, for Qwen-VL, QwenSpec field -> value)."""
     spec = dataclasses.replace(default_tiny_spec(family), attn=attn)
     if not tiny:
         return spec
-    fields = {f.name: f for f in dataclasses.fields(TinySpec)}
+    qwen = isinstance(spec, QwenSpec)
+    fields = {f.name: f for f in dataclasses.fields(spec)}
     unknown = sorted(set(tiny) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown tiny model field(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+        raise ConfigError(
+            f"unknown tiny {'Qwen-VL' if qwen else 'LLaVA'} model field(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(fields)}"
+        )
+    tiny = dict(tiny)
     for key, value in tiny.items():
         expected = type(getattr(spec, key))
+        if expected is tuple and type(value) is list:  # a list from a JSON or YAML config
+            value = tiny[key] = tuple(value)
         if type(value) is not expected:  # bool is an int subclass: compare types exactly
             raise ConfigError(f"tiny model field {key!r} must be {expected.__name__}, not {value!r}")
-    if tiny.get("family", family) not in FAMILIES:
-        raise ConfigError(f"unknown model family {tiny['family']!r}; use one of {', '.join(FAMILIES)}")
+    kinds = QWEN_FAMILIES if qwen else LLAVA_FAMILIES  # a family override stays within the spec's kind
+    if tiny.get("family", family) not in kinds:
+        raise ConfigError(f"unknown model family {tiny['family']!r} here; use one of {', '.join(kinds)}")
     try:
         spec = dataclasses.replace(spec, **tiny)
-        llava_config(spec), build_tokenizer(spec)  # validate the rest (backbone, vocab) before the model build
+        if qwen:
+            qwen_config(spec), build_qwen_tokenizer(spec)
+        else:
+            llava_config(spec), build_tokenizer(spec)  # validate the rest (backbone, vocab) before the model build
     except ValueError as exc:
         raise ConfigError(f"bad tiny model: {exc}") from None
     return spec
@@ -147,7 +184,7 @@ def load_model(
     attn: str = "sdpa",
     seed: int = 0,
 ) -> LoadedModel:
-    """The tiny random model (`source="tiny"`, of `family`, `tiny` overriding TinySpec fields, weights
+    """The tiny random model (`source="tiny"`, of `family`, `tiny` overriding TinySpec / QwenSpec fields, weights
     from `seed`) or the model saved in directory `source` (its family found from its class), on `device`
     in `dtype` ("auto": bfloat16 on CUDA, else float32), in eval mode, with its processor.
     """
@@ -159,10 +196,13 @@ def load_model(
         if family not in FAMILIES:
             raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
         spec = tiny_spec(family, tiny, attn)
-        model = build_model(spec, seed=seed, dtype=dt).to(dev)
+        if isinstance(spec, QwenSpec):
+            model, processor = build_qwen_model(spec, seed=seed, dtype=dt), tiny_qwen_inputs(spec)
+        else:
+            model, processor = build_model(spec, seed=seed, dtype=dt), build_processor(spec)
         return LoadedModel(
-            model=model,
-            processor=build_processor(spec),
+            model=model.to(dev),
+            processor=processor,
             family=spec.family,
             source="tiny",
             description=f"tiny random {FAMILY_NAMES[spec.family]} ({spec.layers} layers, hidden {spec.hidden})",
@@ -194,7 +234,7 @@ def _load_directory(source: str, device: torch.device, dtype: torch.dtype, attn:
         try:
             processor = AutoProcessor.from_pretrained(directory)
         except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear error
-            raise ConfigError(f"cannot load a processor from {source}: {exc}") from None
+            processor = _qwen_fallback(directory, source, exc)
         try:
             model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype, attn_implementation=attn)
         except Exception as exc:  # noqa: BLE001
@@ -214,13 +254,36 @@ def _load_directory(source: str, device: torch.device, dtype: torch.dtype, attn:
     )
 
 
-def save_tiny(directory: str | Path, spec: TinySpec, seed: int = 0) -> Path:
-    """Write the tiny random model of `spec` and its processor to `directory`, loadable by `load_model`."""
+def _qwen_fallback(directory: Path, source: str, error: Exception):
+    """`QwenInputs` for a Qwen-VL directory whose `AutoProcessor` failed (its video processor needs
+    torchvision); for any other directory, or if that fails too, a ConfigError."""
+    try:
+        model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if model_type not in QWEN_MODEL_TYPES:
+        raise ConfigError(f"cannot load a processor from {source}: {error}")
+    try:
+        return load_qwen_inputs(directory)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(
+            f"cannot load a processor from {source}: AutoProcessor failed ({error}; Qwen-VL processors need "
+            f"torchvision for their video processor), and so did AutoTokenizer + AutoImageProcessor: {exc}"
+        ) from None
+
+
+def save_tiny(directory: str | Path, spec: TinySpec | QwenSpec, seed: int = 0) -> Path:
+    """Write the tiny random model of `spec` and its processor (Qwen-VL: tokenizer and image processor) to
+    `directory`, loadable by `load_model`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with _quiet_transformers():
-        build_model(spec, seed=seed).save_pretrained(directory)
-        build_processor(spec).save_pretrained(directory)
+        if isinstance(spec, QwenSpec):
+            build_qwen_model(spec, seed=seed).save_pretrained(directory)
+            tiny_qwen_inputs(spec).save_pretrained(directory)
+        else:
+            build_model(spec, seed=seed).save_pretrained(directory)
+            build_processor(spec).save_pretrained(directory)
     return directory
 
 

@@ -323,6 +323,7 @@ def build_qwen_tokenizer(spec: QwenSpec = QwenSpec()):
             "video_token": "<|video_pad|>",
             "vision_start_token": "<|vision_start|>",
             "vision_end_token": "<|vision_end|>",
+            "im_start_token": "<|im_start|>",  # one token in chat-formatted prompts, as in the real tokenizers
         },
         padding_side="left",  # what batched generation (and tokenprune) needs
         clean_up_tokenization_spaces=False,
