@@ -172,7 +172,7 @@ def test_list_shows_example_with_distribution_and_parameter_ranges(with_example,
     decay = next(p for p in st3["parameters"] if p["name"] == "decay")
     assert decay["type"] == "'cosine' | 'linear' | 'none'"
     assert {e["name"] for e in listing["score"]} >= {"key_norm", "last_query_attention", "text_mean_attention"}
-    assert {e["name"] for e in listing["adapter"]} == {"llava", "llava_next"}
+    assert {e["name"] for e in listing["adapter"]} == {"llava", "llava_next", "qwen_vl"}
     assert listing["problems"] == []
 
 
