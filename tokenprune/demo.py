@@ -88,19 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_tiny_spec(text: str | None, attn: str = "sdpa") -> TinySpec:
     """TinySpec from "key=value,..." on top of the demo default (ints only, attn from --attn)."""
     spec = dataclasses.replace(DEFAULT_SPEC, attn=attn)
-    if not text:
+    values = parse_tiny_overrides(text)
+    if not values:
         return spec
     names = {f.name for f in dataclasses.fields(TinySpec)} - {"attn"}
-    values = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in names:
-            raise DemoError(f"bad --tiny-spec item {item!r}; expected key=int with key in {sorted(names)}")
-        try:
-            values[key] = int(value)
-        except ValueError:
-            raise DemoError(f"bad --tiny-spec value {item!r}: {value!r} is not an integer") from None
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise DemoError(f"bad --tiny-spec key(s) {unknown}; expected key=int with key in {sorted(names)}")
     return dataclasses.replace(spec, **values)
 
 
@@ -246,14 +240,14 @@ def run_demo(
     attn: str = "sdpa",
     json_path: str | None = None,
     spec: TinySpec | None = None,
-    family: str = "llava",
+    family: str | None = None,
     tiny: dict | None = None,
     console: Console | None = None,
     progress_console: Console | None = None,
 ) -> dict:
     """Run the demo, print its table on `console` and return everything measured (also what --json writes).
 
-    Without `model`: the tiny LLaVA-1.5 of `spec` (family "llava"), or the tiny model of `family` with the
+    Without `model`: the tiny LLaVA-1.5 of `spec` (family None or "llava"), or the tiny model of `family` with the
     `tiny` spec overrides (see `tokenprune.models.load_model`)."""
     console = console or Console()
     progress_console = progress_console or Console(stderr=True)
@@ -261,10 +255,11 @@ def run_demo(
     if given and len(given) != 3:
         missing = sorted({"--model", "--image", "--prompt"} - set(given))
         raise DemoError(f"{', '.join(given)} given without {', '.join(missing)}: real weights need all three")
+    if model and (family is not None or tiny):
+        raise DemoError("--family and the tiny model's spec apply to the built-in tiny model only, not --model")
+    family = family or "llava"
     if family not in FAMILIES:
         raise DemoError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
-    if model and (family != "llava" or tiny):
-        raise DemoError("--family and the tiny model's spec apply to the built-in tiny model only, not --model")
     if max_new_tokens < 2:
         raise DemoError(f"--max-new-tokens must be >= 2 to time decoding, not {max_new_tokens}")
     if repeats < 1:
@@ -432,11 +427,9 @@ def make_table(summary: dict, baseline_timing: timing.Timing) -> Table:
 
 def command(args: argparse.Namespace, console: Console | None = None) -> int:
     """Entry of the `demo` subcommand; returns the exit code."""
-    family = args.family or "llava"
-    if args.model and args.family:
-        raise DemoError(f"--family {args.family} applies to the built-in tiny model only, not to --model")
-    spec = parse_tiny_spec(args.tiny_spec, args.attn) if args.tiny_spec and family == "llava" else None
-    tiny = parse_tiny_overrides(args.tiny_spec) if family != "llava" else None
+    llava = args.family in (None, "llava")
+    spec = parse_tiny_spec(args.tiny_spec, args.attn) if args.tiny_spec and llava else None
+    tiny = None if llava else parse_tiny_overrides(args.tiny_spec)
     run_demo(
         model=args.model,
         image=args.image,
@@ -448,7 +441,7 @@ def command(args: argparse.Namespace, console: Console | None = None) -> int:
         attn=args.attn,
         json_path=args.json,
         spec=spec,
-        family=family,
+        family=args.family,
         tiny=tiny,
         console=console,
     )
