@@ -410,3 +410,22 @@ def test_example_config_parses():
     assert len(labels) == len(set(labels)) == len(config.strategies) >= 3
     assert "vtw-auto" in labels and "composed-progressive-linear" in labels
     assert config.model.source == "tiny" and config.data.format == "synthetic"
+
+
+#: decoder layers of the model each paper config names (from the models' published configs)
+PAPER_DEPTHS = {"llava15-7b": 32, "llava15-13b": 40, "llava-next-7b": 32, "qwen25vl-7b": 28, "qwen3vl-8b": 36}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_DEPTHS))
+def test_paper_configs_parse_with_vtw_at_half_the_depth(name):
+    config = load_config(EXAMPLES / "paper" / f"{name}.yaml")
+    specs = strategy_specs(config)
+    assert len({s.label for s in specs}) == len(specs)
+    assert {s.config["name"] for s in specs} == {"fastv", "vtw", "st3"}
+    fixed = [s.config["k"] for s in specs if s.config["name"] == "vtw" and s.config["k"] != "auto"]
+    assert fixed == [PAPER_DEPTHS[name] // 2]
+    assert config.model.device == "cuda" and config.data.format == "scienceqa"
+
+
+def test_every_paper_config_is_listed():
+    assert sorted(p.stem for p in (EXAMPLES / "paper").glob("*.yaml")) == sorted(PAPER_DEPTHS)

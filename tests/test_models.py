@@ -198,3 +198,67 @@ def test_tiny_qwen_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
     with pytest.raises(ConfigError, match="torchvision"):
         load_model(str(tmp_path))
+
+
+def _frame(shade: int):
+    from PIL import Image
+
+    return Image.new("RGB", (40, 24), (shade, 255 - shade, 90))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_tiny_qwen_video_inputs_follow_the_processors_layout_and_generate(family):
+    from tokenprune.tiny_qwen import QwenSpec, qwen_visual_tokens
+
+    loaded = load_model("tiny", family=family, tiny=QWEN_SMALL, seed=1)
+    config = loaded.model.config
+    frames = [_frame(shade) for shade in (10, 80, 150, 220, 250)]  # 5 frames: the last patch repeats frame 4
+    inputs = loaded.processor(videos=[frames], text=loaded.prompt_text("What moves?", 0, 1), fps=1.0)
+    grid = inputs["video_grid_thw"]
+    assert grid.tolist() == [[3, 24 // 4, 40 // 4]]
+    ids = inputs["input_ids"][0]
+    placeholders = ids == config.video_token_id
+    assert int(placeholders.sum()) == qwen_visual_tokens(QwenSpec(), grid[0]) == 3 * 6 * 10 // 4
+    assert torch.equal(inputs["mm_token_type_ids"][0], 2 * placeholders.long())
+    # the rows of each temporal patch hold its two frames, each as the image processor makes it alone
+    image_rows = [loaded.processor(images=[f], text="<|image_pad|>")["pixel_values"] for f in frames]
+    rows = inputs["pixel_values_videos"].view(3, 60, 3, 2, 16)
+    for patch, (first, second) in enumerate([(0, 1), (2, 3), (4, 4)]):
+        assert torch.equal(rows[patch, :, :, 0], image_rows[first].view(60, 3, 2, 16)[:, :, 0])
+        assert torch.equal(rows[patch, :, :, 1], image_rows[second].view(60, 3, 2, 16)[:, :, 1])
+    run_text = loaded.processor._video_tokens("<|video_pad|>", grid[0].tolist(), len(frames), 1.0)
+    if family == "qwen3_vl":  # one run per temporal patch, after its timestamp (frames 0-1, 2-3, 4-4 at 1 fps)
+        run = "<|vision_start|>" + "<|video_pad|>" * 15 + "<|vision_end|>"
+        assert run_text == "".join(f"<{t} seconds>" + run for t in ("0.5", "2.5", "4.0"))
+        assert int((ids == config.vision_start_token_id).sum()) == 1 + 3
+    else:
+        assert run_text == "<|video_pad|>" * 45 and int((ids == config.vision_start_token_id).sum()) == 1
+    if family == "qwen2_5_vl":
+        assert inputs["second_per_grid_ts"].tolist() == [2.0]  # temporal_patch_size / fps
+    with tp.prune(loaded.model, "st3") as run:
+        loaded.model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert run.report.to_dict()["visual_tokens_per_video"] == [[45]]
+
+
+def test_equal_frames_give_the_images_own_pixel_rows():
+    """An image is its own frame repeated: a video of two copies is exactly the image's rows."""
+    loaded = load_model("tiny", family="qwen2_vl", tiny=QWEN_SMALL)
+    image = _image(40, 56)
+    video = loaded.processor(videos=[[image, image]], text="<|video_pad|>")
+    alone = loaded.processor(images=[image], text="<|image_pad|>")
+    assert torch.equal(video["pixel_values_videos"], alone["pixel_values"])
+    assert torch.equal(video["video_grid_thw"], alone["image_grid_thw"])
+
+
+def test_qwen_video_input_errors():
+    loaded = load_model("tiny", family="qwen2_vl", tiny=QWEN_SMALL)
+    with pytest.raises(tp.UnsupportedInputError, match="1 video slot"):
+        loaded.processor(videos=[], text="<|video_pad|>")
+    with pytest.raises(tp.UnsupportedInputError, match="differ in size"):
+        loaded.processor(videos=[[_frame(1), _image(40, 56)]], text="<|video_pad|>")
+    with pytest.raises(tp.UnsupportedInputError, match="no frames"):
+        loaded.processor(videos=[[]], text="<|video_pad|>")
+    with pytest.raises(tp.UnsupportedInputError, match="fps must be positive"):
+        loaded.processor(videos=[[_frame(1)]], text="<|video_pad|>", fps=0)
+    inputs = loaded.inputs([], "What moves?", videos=[[_frame(1), _frame(2)]])
+    assert inputs["video_grid_thw"].tolist() == [[1, 6, 10]] and "pixel_values" not in inputs

@@ -250,3 +250,153 @@ def test_show_errors_exit_2_with_one_line(tmp_path, capsys, argv, expected):
     assert expected.format(tmp=tmp_path) in " ".join(err.split())
     assert "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------------------------------------------------------- Qwen-VL
+QWEN_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+# images of uneven grids (patches: 6x10 wide, 8x4 tall), videos of 4 and 2 temporal patches, two samples
+QWEN_SAMPLES = [
+    [("text", 3), ("image", (6, 10)), ("text", 2), ("video", (8, 4, 6)), ("text", 4)],
+    [("text", 5), ("video", (4, 6, 4)), ("image", (8, 4)), ("image", (4, 4)), ("text", 2)],
+]
+SMALL_QWEN_CLI = "layers=4,hidden=64,heads=4,kv_heads=2,intermediate=128,vocab=512,vision_hidden=32,patch_size=16"
+
+
+@functools.lru_cache(maxsize=None)
+def qwen_model(family: str):
+    from tokenprune.tiny_qwen import QwenSpec, build_qwen_model
+
+    return build_qwen_model(QwenSpec(family=family, layers=6))
+
+
+def qwen_inputs(family: str) -> dict:
+    from tokenprune.tiny_qwen import QwenSpec, make_qwen_inputs
+
+    return make_qwen_inputs(QwenSpec(family=family, layers=6), QWEN_SAMPLES)
+
+
+def rope_positions(m, inputs) -> torch.Tensor:
+    """(3, B, L) temporal / height / width positions, from the model's own get_rope_index."""
+    keys = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids")
+    rope, _ = m.model.get_rope_index(
+        inputs["input_ids"], attention_mask=inputs["attention_mask"], **{k: inputs[k] for k in keys if k in inputs}
+    )
+    return rope
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_qwen_grids_follow_the_models_own_3d_positions(family):
+    """Independent of the grids' arithmetic: in every grid (and every temporal patch of a video strip), a
+    cell's row and column are its token's height and width rotary positions minus the block's first ones,
+    and the temporal position grows from one patch to the next."""
+    m, inputs = qwen_model(family), qwen_inputs(family)
+    t_pos, h_pos, w_pos = rope_positions(m, inputs)
+    items = [(0, {"image_index": 0}), (0, {"video_index": 0}), (1, {"video_index": 0})]
+    items += [(1, {"image_index": 0}), (1, {"image_index": 1})]
+    shapes = []
+    for sample, where in items:
+        (grid,) = pictures.token_grids(m, inputs, sample=sample, **where)
+        shapes.append((grid.kind, grid.rows, grid.cols, grid.blocks))
+        width = grid.cols // grid.blocks
+        firsts = []
+        for block in range(grid.blocks):
+            cells = grid.positions[:, block * width : (block + 1) * width]
+            h, w, t = (p[sample][cells] for p in (h_pos, w_pos, t_pos))
+            assert torch.equal(h - h.min(), torch.arange(grid.rows)[:, None].expand_as(h))
+            assert torch.equal(w - w.min(), torch.arange(width)[None, :].expand_as(w))
+            firsts.append(int(t.min()))
+        assert firsts == sorted(firsts) and (grid.blocks == 1 or firsts[-1] > firsts[0])
+    # merged 2x2: 6x10 patches -> 3x5 tokens; 8 frames of 4x6 -> 4 temporal patches of 2x3
+    assert shapes[:3] == [("image", 3, 5, 1), ("video", 2, 12, 4), ("video", 3, 4, 2)]
+    assert shapes[3:] == [("image", 4, 2, 1), ("image", 2, 2, 1)]
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_qwen_grids_hold_exactly_the_adapters_visual_tokens(family):
+    m, inputs = qwen_model(family), qwen_inputs(family)
+    vt = tp.resolve_adapter(m).visual_tokens(m, inputs)
+    for sample, images, videos in [(0, 1, 1), (1, 2, 1)]:
+        for image in range(images):
+            (grid,) = pictures.token_grids(m, inputs, sample=sample, image_index=image)
+            assert torch.equal(grid.positions.flatten().sort().values, image_placeholders(vt, sample, image))
+        for video in range(videos):
+            (grid,) = pictures.token_grids(m, inputs, sample=sample, video_index=video)
+            expected = ((vt.video_of[sample] == video) & vt.placeholders[sample]).nonzero().flatten()
+            assert torch.equal(grid.positions.flatten().sort().values, expected)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_kept_masks_count_what_the_report_keeps_per_image_and_video(family):
+    m, inputs = qwen_model(family), qwen_inputs(family)
+    report = pruned_report(m, inputs, "st3", start_layer=1, stride=2, ratio=0.3)
+    assert sorted(report.kept_visual) == [1, 3, 5]
+    for sample, images in [(0, 1), (1, 2)]:
+        (video,) = pictures.token_grids(m, inputs, sample=sample, video_index=0)
+        for layer, (mask,) in pictures.kept_masks(report, [video], sample=sample).items():
+            assert int(mask.sum()) == report.kept_visual_per_video[layer][sample][0]
+        for image in range(images):
+            (grid,) = pictures.token_grids(m, inputs, sample=sample, image_index=image)
+            for layer, (mask,) in pictures.kept_masks(report, [grid], sample=sample).items():
+                assert int(mask.sum()) == report.kept_visual_per_image[layer][sample][image]
+
+
+def test_qwen_bad_picture_requests_are_refused():
+    m, inputs = qwen_model("qwen2_vl"), qwen_inputs("qwen2_vl")
+    with pytest.raises(tp.InvalidParameterError, match="video_index 1 does not exist: sample 0 has 1 video"):
+        pictures.token_grids(m, inputs, video_index=1)
+    no_video = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_grid_thw")}
+    with pytest.raises(tp.UnsupportedInputError, match="no video_grid_thw: there is no video to picture"):
+        pictures.token_grids(m, no_video, video_index=0)
+    with pytest.raises(tp.UnsupportedInputError, match="take no videos"):
+        pictures.token_grids(model(LLAVA), make_inputs(LLAVA), video_index=0)
+    (grid,) = pictures.token_grids(m, inputs, video_index=0)  # 4 temporal patches of 2 frames
+    assert grid.view([synthetic_image(40, 30)] * 8).size == grid.view([synthetic_image(40, 30)] * 4).size
+    with pytest.raises(tp.InvalidParameterError, match="give its 8 frames \\(or one per temporal patch\\), not 5"):
+        grid.view([synthetic_image(40, 30)] * 5)
+
+
+def test_qwen_video_strip_png(tmp_path):
+    m, inputs = qwen_model("qwen3_vl"), qwen_inputs("qwen3_vl")
+    frames = [synthetic_image(120, 90) for _ in range(8)]
+    runs = [("st3", pruned_report(m, inputs, "st3")), ("fastv", pruned_report(m, inputs, "fastv"))]
+    fig = pictures.kept_tokens_figure(frames, runs, inputs, m, video_index=0)
+    # the input strip, then st3's cuts at 2 and 5 and fastv's at 2, one strip each
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles[0] == "input: 4 temporal patches, 24 tokens"
+    assert [t.split(":")[0] for t in titles[1:]] == ["layer 2", "layer 5", "layer 2"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["input", "st3", "", "fastv"]
+    path = pictures.draw_kept_tokens(frames, runs, inputs, m, tmp_path / "video.png", video_index=0)
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.size[0] <= pictures.MAX_FIGURE_WIDTH * pictures.DPI + 1
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_show_draws_qwen_images_and_videos(tmp_path, family):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(synthetic_image(64, 48).rotate(10 * i) for i in range(3)):
+        frame.save(frames / f"{i:02d}.png")
+    for picture in (["--video", str(frames)], ["--video", "synthetic"], []):
+        out = tmp_path / "show.png"
+        argv = ["show", "--out", str(out), "--family", family, "--tiny-spec", SMALL_QWEN_CLI, "--strategies", "fastv"]
+        code, text = run_cli(argv + picture)
+        assert code == 0, text
+        with Image.open(out) as png:
+            assert png.format == "PNG"
+        out.unlink()
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["--family", "llava", "--video", "synthetic"], "--video needs a model that takes videos"),
+        (["--family", "qwen2_vl", "--video", "{tmp}/none"], "--video {tmp}/none: not a folder of frames"),
+        (["--family", "qwen2_vl", "--video", "{tmp}"], "the folder holds no image files"),
+    ],
+)
+def test_show_video_errors(tmp_path, capsys, argv, expected):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code, _ = run_cli(["show", "--out", str(tmp_path / "x.png"), "--tiny-spec", "layers=2", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and expected.format(tmp=tmp_path) in " ".join(err.split())
+    assert not (tmp_path / "x.png").exists()

@@ -31,7 +31,7 @@ from . import registry
 from .api import compose
 from .errors import ConfigError, InvalidParameterError, TokenpruneError, validation_problems
 from .interfaces import Strategy
-from .models import ATTENTION, DTYPES
+from .models import ATTENTION, DTYPES, FAMILIES
 
 
 class Section(BaseModel):
@@ -42,9 +42,7 @@ class ModelSection(Section):
     source: str = Field(
         "tiny", description="'tiny' (the embedded random model) or a local Hugging Face model directory"
     )
-    family: Literal["llava", "llava_next"] = Field(
-        "llava", description="family of the tiny model (ignored for a directory)"
-    )
+    family: Literal[FAMILIES] = Field("llava", description="family of the tiny model (ignored for a directory)")
     tiny: dict[str, int] | None = Field(None, description="TinySpec overrides for the tiny model, e.g. {layers: 8}")
     adapter: str | None = Field(None, description="adapter name; default: found from the model class")
     adapter_options: dict[str, Any] = Field(default_factory=dict)

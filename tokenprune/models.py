@@ -83,32 +83,41 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def prompt_text(self, prompt: str, num_images: int = 1) -> str:
-        """`prompt` in the processor's chat template, one image slot per image, ready for generation."""
+    def prompt_text(self, prompt: str, num_images: int = 1, num_videos: int = 0) -> str:
+        """`prompt` in the processor's chat template, one image slot per image (and per video), ready for
+        generation."""
         if hasattr(self.processor, "prompt_text"):  # qwen_inputs.QwenInputs
-            return self.processor.prompt_text(prompt, num_images)
-        content = [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
+            return self.processor.prompt_text(prompt, num_images, num_videos)
+        content = [{"type": "image"}] * num_images + [{"type": "video"}] * num_videos
+        content.append({"type": "text", "text": prompt})
         if getattr(self.processor, "chat_template", None):
             messages = [{"role": "user", "content": content}]
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        if num_videos:
+            raise DataError(f"the processor of {self.source} has no chat template to place a video in the prompt")
         # LLaVA-1.5's conversation format, for processors saved without a chat template
         return "USER: " + "<image>\n" * num_images + f"{prompt} ASSISTANT:"
 
-    def inputs(self, images: Sequence[Any], prompt: str) -> dict[str, torch.Tensor]:
-        """Batch-1 model inputs for `images` (PIL) and `prompt`, on the model's device and dtype."""
-        images = list(images)
-        text = self.prompt_text(prompt, len(images))
+    def inputs(
+        self, images: Sequence[Any], prompt: str, videos: Sequence[Sequence[Any]] = ()
+    ) -> dict[str, torch.Tensor]:
+        """Batch-1 model inputs for `images` (PIL), `videos` (each a list of PIL frames) and `prompt`, on the
+        model's device and dtype."""
+        images, videos = list(images), [list(frames) for frames in videos]
+        text = self.prompt_text(prompt, len(images), len(videos))
+        media = {"images": images or None}
+        if videos:
+            media["videos"] = videos
         try:
-            encoded = self.processor(images=images or None, text=text, return_tensors="pt")
+            encoded = self.processor(**media, text=text, return_tensors="pt")
         except Exception as exc:  # noqa: BLE001 - any processor failure becomes one clear error
-            raise DataError(
-                f"the processor of {self.source} could not prepare {len(images)} image(s) and the prompt: {exc}"
-            ) from None
+            what = f"{len(images)} image(s)" + (f", {len(videos)} video(s)" if videos else "")
+            raise DataError(f"the processor of {self.source} could not prepare {what} and the prompt: {exc}") from None
         device, dtype = self.device, self.dtype
         out = {}
         for key, value in dict(encoded).items():
             if isinstance(value, torch.Tensor):
-                value = value.to(device, dtype) if value.is_floating_point() else value.to(device)
+                value = value.to(device, dtype) if key.startswith("pixel_values") else value.to(device)
             out[key] = value
         return out
 
@@ -205,7 +214,8 @@ def load_model(
             processor=processor,
             family=spec.family,
             source="tiny",
-            description=f"tiny random {FAMILY_NAMES[spec.family]} ({spec.layers} layers, hidden {spec.hidden})",
+            description=f"tiny random {FAMILY_NAMES.get(spec.family, spec.family)} "
+            f"({spec.layers} layers, hidden {spec.hidden})",
             num_layers=spec.layers,
         )
     if tiny:
@@ -264,7 +274,7 @@ def _qwen_fallback(directory: Path, source: str, error: Exception):
     if model_type not in QWEN_MODEL_TYPES:
         raise ConfigError(f"cannot load a processor from {source}: {error}")
     try:
-        return load_qwen_inputs(directory)
+        return load_qwen_inputs(directory, model_type)
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(
             f"cannot load a processor from {source}: AutoProcessor failed ({error}; Qwen-VL processors need "

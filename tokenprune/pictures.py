@@ -1,14 +1,11 @@
-"""Pictures of what pruning kept: for one image, its visual tokens as a grid over the image, kept ones clear.
+"""Pictures of what pruning kept: an image's (or a video's) visual tokens as a grid over the picture, kept
+ones clear, removed ones dimmed.
 
-One panel per strategy (row) and cut layer (column), after a first column with the input image. The token
-layout is worked out here from the model config, `input_ids` and (LLaVA-NeXT) `image_sizes`, independently
-of the pruning engine, so a picture is also a check of what the engine reports:
-
-- LLaVA-1.5: `grid x grid` patches (24x24 for LLaVA-1.5) over the square the CLIP processor sees: the
-  image resized on its shortest side and center-cropped.
-- LLaVA-NeXT: the base view, `grid x grid` over the whole image resized (squashed) to a square, as
-  `LlavaNextImageProcessor` makes it; and the anyres tiles, `rows x cols` features left after unpadding,
-  which cover the image in its own aspect ratio. The `image_newline` token ending each tiles row is not drawn.
+For an image: one panel per strategy (row) and cut layer (column), after a first column with the input
+image; LLaVA-NeXT panels stack its base view over its tiles. For a video (Qwen-VL): its temporal patches side
+by side as a strip, one strip per strategy and cut layer, under the input strip. The token layouts come from
+`tokenprune.grids` (model config and inputs alone, independent of the pruning engine), so a picture is also
+a check of what the engine reports.
 
 Drawing uses matplotlib's object API (`Figure` + `FigureCanvasAgg`): no pyplot state, no display needed.
 """
@@ -21,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers.image_processing_utils import select_best_resolution
 
-from .errors import InvalidParameterError, UnsupportedInputError
+from .errors import InvalidParameterError
+from .grids import TokenGrid, kept_masks, token_grids
+from .grids.llava import clip_crop_box
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -32,6 +30,8 @@ if TYPE_CHECKING:
 
     from .interfaces import Strategy
     from .report import Report
+
+__all__ = ["TokenGrid", "token_grids", "kept_masks", "kept_tokens_figure", "draw_kept_tokens", "render"]
 
 MAX_FIGURE_WIDTH = 24.0  # inches: wide enough for ~11 cut layers, small enough to open anywhere
 PANEL_HEIGHT = (0.9, 2.4)  # inches, min and max of one view's image
@@ -42,170 +42,12 @@ DISPLAY_SIDE = 512  # pixels: the image is shrunk to this long side before drawi
 REMOVED = (0.07, 0.07, 0.09, 0.74)  # RGBA laid over removed tokens: dark and mostly opaque
 
 
-@dataclass
-class TokenGrid:
-    """One image's visual tokens (or one view of them) as a 2-D layout, row-major like the features."""
-
-    kind: str  # "llava" grid, or LLaVA-NeXT "base" / "tiles"
-    rows: int
-    cols: int
-    offsets: torch.Tensor  # (rows, cols) index of each cell's token among the image's placeholder tokens
-    positions: torch.Tensor  # (rows, cols) prompt position (column of input_ids) of each cell's token
-
-    @property
-    def cells(self) -> int:
-        return self.rows * self.cols
-
-
-# ------------------------------------------------------------------------------------------- token layout
-def _is_next(model: torch.nn.Module) -> bool:
-    return hasattr(model.config, "image_grid_pinpoints")
-
-
-def _crop_grid(model: torch.nn.Module) -> int:
-    """Patches per side of one crop (24 for CLIP ViT-L/14 at 336 px)."""
-    vision = model.config.vision_config
-    return vision.image_size // vision.patch_size
-
-
-def _class_token(model: torch.nn.Module, inputs: dict) -> int:
-    """1 when the CLS feature is kept ('full' selection): it comes before the patch grid."""
-    select = inputs.get("vision_feature_select_strategy") or model.config.vision_feature_select_strategy
-    return 1 if select == "full" else 0
-
-
-def next_tiles_shape(model: torch.nn.Module, height: int, width: int) -> tuple[int, int]:
-    """(rows, cols) of a LLaVA-NeXT image's anyres features after unpadding (newlines not counted).
-
-    The processor resizes the image into the best pinpoint resolution keeping its aspect ratio and pads
-    the rest; the model drops the padded feature rows (or columns) again, as transformers' `unpad_image`.
-    """
-    side = model.config.vision_config.image_size
-    grid = _crop_grid(model)
-    best_h, best_w = select_best_resolution([height, width], model.config.image_grid_pinpoints)
-    rows, cols = grid * (best_h // side), grid * (best_w // side)
-    if width / height > cols / rows:  # wider than the padded grid: padding rows above and below
-        rows -= 2 * ((rows - int(round(height * (cols / width), 7))) // 2)
-    else:
-        cols -= 2 * ((cols - int(round(width * (rows / height), 7))) // 2)
-    return rows, cols
-
-
-def _image_token_counts(model: torch.nn.Module, inputs: dict) -> list[int]:
-    """Placeholder tokens of every image of the batch, in batch order."""
-    pixels = inputs.get("pixel_values")
-    if pixels is None or pixels.shape[0] == 0:
-        raise UnsupportedInputError("the inputs have no pixel_values: there is no image to picture")
-    base = _crop_grid(model) ** 2
-    if not _is_next(model):
-        return [base + _class_token(model, inputs)] * pixels.shape[0]
-    sizes = inputs.get("image_sizes")
-    if sizes is None or len(sizes) != pixels.shape[0]:
-        raise UnsupportedInputError("LLaVA-NeXT inputs need image_sizes with one (height, width) per image")
-    counts = []
-    for height, width in torch.as_tensor(sizes).tolist():
-        rows, cols = next_tiles_shape(model, height, width)
-        counts.append(base + rows * (cols + 1))  # each tiles row ends with one image_newline token
-    return counts
-
-
-def _images_by_sample(per_sample: list[int], counts: list[int]) -> list[list[int]]:
-    """Token counts of each sample's images. Images fill the placeholders in batch order, row by row (as
-    transformers scatters their features), so a sample's images are the next ones adding up to its count."""
-    out, image = [], 0
-    for needed in per_sample:
-        mine = []
-        while sum(mine) < needed and image < len(counts):
-            mine.append(counts[image])
-            image += 1
-        if sum(mine) != needed:
-            raise UnsupportedInputError(
-                f"the placeholders of a sample ({needed}) do not add up to whole images ({', '.join(map(str, counts))} "
-                "tokens per image); build the inputs with the model's processor"
-            )
-        out.append(mine)
-    if image != len(counts):
-        raise UnsupportedInputError(f"{len(counts) - image} image(s) have no placeholder tokens in input_ids")
-    return out
-
-
-def _locate_image(model: torch.nn.Module, inputs: dict, sample: int, image_index: int) -> tuple[int, torch.Tensor]:
-    """(index of the image in the batch, prompt positions of its placeholder tokens) for sample/image_index."""
-    input_ids = inputs["input_ids"]
-    if not 0 <= sample < input_ids.shape[0]:
-        raise InvalidParameterError(f"sample {sample} does not exist: the batch has {input_ids.shape[0]} sample(s)")
-    placeholders = input_ids == model.config.image_token_id
-    by_sample = _images_by_sample(placeholders.sum(1).tolist(), _image_token_counts(model, inputs))
-    mine = by_sample[sample]
-    if not 0 <= image_index < len(mine):
-        raise InvalidParameterError(
-            f"image_index {image_index} does not exist: sample {sample} has {len(mine)} image(s)"
-        )
-    positions = placeholders[sample].nonzero().flatten().cpu()
-    start = sum(mine[:image_index])
-    first = sum(len(images) for images in by_sample[:sample])  # batch index of the sample's first image
-    return first + image_index, positions[start : start + mine[image_index]]
-
-
-def token_grids(model: torch.nn.Module, inputs: dict, sample: int = 0, image_index: int = 0) -> list[TokenGrid]:
-    """The visual tokens of image `image_index` of sample `sample` as grids: one for LLaVA-1.5, base and
-    tiles for LLaVA-NeXT. From the model config, `input_ids` and `image_sizes`; the engine is not used."""
-    batch_image, positions = _locate_image(model, inputs, sample, image_index)
-    grid = _crop_grid(model)
-    if not _is_next(model):
-        offsets = _class_token(model, inputs) + torch.arange(grid * grid).view(grid, grid)
-        return [TokenGrid("llava", grid, grid, offsets, positions[offsets])]
-    base = torch.arange(grid * grid).view(grid, grid)
-    height, width = torch.as_tensor(inputs["image_sizes"])[batch_image].tolist()
-    rows, cols = next_tiles_shape(model, height, width)
-    # row r of the tiles holds cols features then a newline: its features start at base + r * (cols + 1)
-    tiles = grid * grid + torch.arange(rows)[:, None] * (cols + 1) + torch.arange(cols)[None, :]
-    return [
-        TokenGrid("base", grid, grid, base, positions[base]),
-        TokenGrid("tiles", rows, cols, tiles, positions[tiles]),
-    ]
-
-
-def kept_masks(report: "Report", grids: list[TokenGrid], sample: int = 0) -> dict[int, list[torch.Tensor]]:
-    """cut layer -> per grid a (rows, cols) bool mask of the tokens kept from that layer on.
-
-    Read from `report.kept_visual` (the prompt positions each cut keeps); the grids carry the prompt
-    positions of their cells (`token_grids` of the same inputs and sample).
-    """
-    out = {}
-    for layer, per_sample in report.kept_visual.items():
-        kept = torch.tensor(per_sample[sample], dtype=torch.long)
-        out[layer] = [torch.isin(g.positions, kept) for g in grids]
-    return out
-
-
 # ------------------------------------------------------------------------------------------- image views
 def _shrink(image: "Image") -> "Image":
     """An RGB copy at most DISPLAY_SIDE pixels on its long side."""
     copy = image.convert("RGB")
     copy.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
     return copy
-
-
-def clip_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """The square CLIP's processor keeps (resize shortest side, center crop), in the image's pixels."""
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return left, top, left + side, top + side
-
-
-def grid_views(image: "Image", grids: list[TokenGrid]) -> list["Image"]:
-    """The image as each grid covers it: CLIP's square crop; NeXT's squashed base square; the whole image for tiles."""
-    views = []
-    for g in grids:
-        if g.kind == "llava":
-            views.append(image.crop(clip_crop_box(*image.size)))
-        elif g.kind == "base":
-            side = max(image.size)
-            views.append(image.resize((side, side)))
-        else:
-            views.append(image)
-    return views
 
 
 # ------------------------------------------------------------------------------------------- drawing
@@ -216,7 +58,8 @@ def strategy_label(description: dict, width: int = 20) -> str:
 
 
 def _draw_grid(ax: "Axes", view: "Image", grid: TokenGrid, mask: torch.Tensor | None, cell_px: float) -> None:
-    """The view in grid coordinates (one unit per token), removed cells dimmed, light cell lines."""
+    """The view in grid coordinates (one unit per token), removed cells dimmed, light cell lines, and white
+    lines between the blocks of a strip (a video's temporal patches)."""
     import numpy as np
 
     extent = (0, grid.cols, grid.rows, 0)
@@ -229,6 +72,9 @@ def _draw_grid(ax: "Axes", view: "Image", grid: TokenGrid, mask: torch.Tensor | 
         style = dict(colors="white", linewidths=0.3, alpha=0.45)
         ax.vlines(range(1, grid.cols), 0, grid.rows, **style)
         ax.hlines(range(1, grid.rows), 0, grid.cols, **style)
+    if grid.blocks > 1:
+        width = grid.cols // grid.blocks
+        ax.vlines(range(width, grid.cols, width), 0, grid.rows, colors="white", linewidths=1.5)
     ax.set_xlim(0, grid.cols)
     ax.set_ylim(grid.rows, 0)
     ax.set_box_aspect(view.size[1] / view.size[0])
@@ -262,34 +108,32 @@ def _layout(image: "Image", views: list["Image"], layers: int) -> _Layout:
     return _Layout(widths, heights, unit, LABEL_WIDTH + gaps + unit * sum(widths))
 
 
-def kept_tokens_figure(
-    image: "Image",
-    runs: list[tuple[str, "Report"]],
-    inputs: dict,
-    model: torch.nn.Module,
-    *,
-    sample: int = 0,
-    image_index: int = 0,
-    title: str | None = None,
-) -> "Figure":
-    """The figure `draw_kept_tokens` saves: rows = runs, columns = the input, then every cut layer of any
-    run (a run without a cut at that layer leaves its cell blank); LLaVA-NeXT panels hold base over tiles."""
+def _new_figure(width: float, height: float, title: str | None) -> "Figure":
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _image_figure(
+    image: "Image", runs: list[tuple[str, "Report"]], grids: list[TokenGrid], sample: int, title: str | None
+) -> "Figure":
+    """Rows = runs, columns = the input, then every cut layer of any run (a run without a cut at that layer
+    leaves its cell blank); a panel stacks the grids' views (LLaVA-NeXT: base over tiles)."""
     from matplotlib.patches import Rectangle
 
-    if not runs:
-        raise InvalidParameterError("nothing to draw: give at least one (label, report) run")
-    grids = token_grids(model, inputs, sample, image_index)
     shown = _shrink(image)
-    views = grid_views(shown, grids)
+    views = [grid.view(shown) for grid in grids]
     masks = [kept_masks(report, grids, sample) for _, report in runs]
     layers = sorted(set().union(*masks))
     lay = _layout(shown, views, len(layers))
     header = 0.55 if title else 0.2
     height = lay.figure_height(len(runs), header)
-    fig = Figure(figsize=(lay.width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
+    fig = _new_figure(lay.width, height, title)
     per_run = len(grids)
     spec = fig.add_gridspec(
         len(runs) * per_run,
@@ -303,8 +147,6 @@ def kept_tokens_figure(
         wspace=0.08,
         hspace=lay.row_title / (lay.unit * sum(lay.heights) / per_run),
     )
-    if title:
-        fig.suptitle(title, fontsize=10)
     for run, ((label, report), per_layer) in enumerate(zip(runs, masks, strict=True)):
         rows = slice(run * per_run, (run + 1) * per_run)
         ax = fig.add_subplot(spec[rows, 0])
@@ -324,13 +166,67 @@ def kept_tokens_figure(
                 cell_px = lay.unit * lay.heights[v] * DPI / grid.rows
                 _draw_grid(ax, view, grid, mask, cell_px)
                 kept = f"kept {int(mask.sum())}/{grid.cells}"
-                name = "" if grid.kind == "llava" else f"{grid.kind} "
+                name = "" if len(grids) == 1 else f"{grid.kind} "
                 ax.set_title(f"layer {layer}\n{name}{kept}" if v == 0 else f"{name}{kept}", fontsize=7)
     return fig
 
 
+def _strip_figure(
+    frames: "list[Image]", runs: list[tuple[str, "Report"]], grid: TokenGrid, sample: int, title: str | None
+) -> "Figure":
+    """A video: the input strip, then one strip per run and cut layer, top to bottom."""
+    strip = grid.view(frames)
+    masks = [kept_masks(report, [grid], sample) for _, report in runs]
+    rows = [("input", f"input: {grid.blocks} temporal patches, {grid.cells} tokens", None)]
+    for (label, _), per_layer in zip(runs, masks, strict=True):
+        for i, layer in enumerate(sorted(per_layer)):
+            (mask,) = per_layer[layer]
+            rows.append((label if i == 0 else "", f"layer {layer}: kept {int(mask.sum())}/{grid.cells}", mask))
+    aspect = strip.size[0] / strip.size[1]
+    strip_height = min(PANEL_HEIGHT[1], (MAX_FIGURE_WIDTH - LABEL_WIDTH - 0.2) / aspect)
+    width = LABEL_WIDTH + 0.2 + strip_height * aspect
+    row_title, header = 0.3, (0.55 if title else 0.2)
+    height = header + len(rows) * (strip_height + row_title)
+    fig = _new_figure(width, height, title)
+    spec = fig.add_gridspec(
+        len(rows),
+        1,
+        left=LABEL_WIDTH / width,
+        right=1 - 0.1 / width,
+        top=1 - (header + row_title) / height,
+        bottom=0.01,
+        hspace=row_title / strip_height,
+    )
+    for i, (label, caption, mask) in enumerate(rows):
+        ax = fig.add_subplot(spec[i, 0])
+        _draw_grid(ax, strip, grid, mask, strip_height * DPI / grid.rows)
+        ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
+        ax.set_title(caption, fontsize=7, loc="left")
+    return fig
+
+
+def kept_tokens_figure(
+    picture: "Image | list[Image]",
+    runs: list[tuple[str, "Report"]],
+    inputs: dict,
+    model: torch.nn.Module,
+    *,
+    sample: int = 0,
+    image_index: int = 0,
+    video_index: int | None = None,
+    title: str | None = None,
+) -> "Figure":
+    """The figure `draw_kept_tokens` saves (see the module docstring for its layout)."""
+    if not runs:
+        raise InvalidParameterError("nothing to draw: give at least one (label, report) run")
+    grids = token_grids(model, inputs, sample, image_index, video_index=video_index)
+    if video_index is not None:
+        return _strip_figure(picture, runs, grids[0], sample, title)
+    return _image_figure(picture, runs, grids, sample, title)
+
+
 def draw_kept_tokens(
-    image: "Image",
+    picture: "Image | list[Image]",
     runs: list[tuple[str, "Report"]],
     inputs: dict,
     model: torch.nn.Module,
@@ -338,14 +234,18 @@ def draw_kept_tokens(
     *,
     sample: int = 0,
     image_index: int = 0,
+    video_index: int | None = None,
     title: str | None = None,
 ) -> Path:
     """Write a PNG of which visual tokens each run kept at each of its cut layers; returns its path.
 
-    `runs` pairs a row label with the `Report` of a pruned generate on `inputs`; `image` is the picture
-    of image `image_index` of sample `sample` (any PIL image; drawn as the processor saw it).
+    `runs` pairs a row label with the `Report` of a pruned generate on `inputs`. `picture` is image
+    `image_index` of sample `sample` (any PIL image; drawn as the processor saw it), or, with `video_index`,
+    the frames of that video (a list of PIL images: all of them, or one per temporal patch).
     """
-    fig = kept_tokens_figure(image, runs, inputs, model, sample=sample, image_index=image_index, title=title)
+    fig = kept_tokens_figure(
+        picture, runs, inputs, model, sample=sample, image_index=image_index, video_index=video_index, title=title
+    )
     path = Path(out_path)
     fig.savefig(path, format="png", dpi=DPI, facecolor="white")
     return path
@@ -354,7 +254,7 @@ def draw_kept_tokens(
 def render(
     model: torch.nn.Module,
     inputs: dict,
-    image: "Image",
+    picture: "Image | list[Image]",
     strategies: list["str | dict | Strategy | tuple[str, dict]"],
     out_path: str | Path,
     *,
@@ -365,7 +265,8 @@ def render(
     **kw: Any,
 ) -> Path:
     """Run each strategy (a name, a config dict, a Strategy, or (name, params)) under `tp.prune` with greedy
-    generate on `inputs`, then draw what each kept (`draw_kept_tokens`; `kw`: sample, image_index, title).
+    generate on `inputs`, then draw what each kept (`draw_kept_tokens`; `kw`: sample, image_index, video_index,
+    title).
 
     `labels` name the rows (default: each strategy's name and parameters). The cuts happen in the prefill,
     so one new token is enough. `adapter` and `adapter_options` go to `tp.prune` (with
@@ -374,7 +275,7 @@ def render(
     from .api import prune, resolve_strategy
 
     if labels is not None and len(labels) != len(strategies):
-        raise ValueError(f"{len(labels)} labels for {len(strategies)} strategies")
+        raise InvalidParameterError(f"{len(labels)} labels for {len(strategies)} strategies; give one per strategy")
     runs = []
     with torch.inference_mode():
         for i, item in enumerate(strategies):
@@ -383,4 +284,4 @@ def render(
                 model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
             label = labels[i] if labels is not None else strategy_label(strategy.describe())
             runs.append((label, run.report))
-    return draw_kept_tokens(image, runs, inputs, model, out_path, **kw)
+    return draw_kept_tokens(picture, runs, inputs, model, out_path, **kw)

@@ -1,9 +1,11 @@
 """`tokenprune show`: a PNG of which visual tokens each strategy kept at each cut layer, drawn over the image.
 
-Without `--model` it runs on the embedded tiny random model (`--family llava|llava_next`), without
-`--image` on a synthetic picture of a few coloured shapes. Each strategy runs one greedy `generate` on the
-same input under `tp.prune`; `tokenprune.pictures` draws its report. Bare strategy names get the demo's
-parameters (VTW's k = half the decoder layers, since its default k=16 assumes 32 layers).
+Without `--model` it runs on the embedded tiny random model (`--family`, any of `models.FAMILIES`), without
+`--image` on a synthetic picture of a few coloured shapes. Qwen-VL models also take `--video`: a folder of
+frames (image files, in name order) or `synthetic` (shapes moving over 8 frames), drawn as a strip of its
+temporal patches. Each strategy runs one greedy `generate` on the same input under `tp.prune`;
+`tokenprune.pictures` draws its report. Bare strategy names get the demo's parameters (VTW's k = half the
+decoder layers, since its default k=16 assumes 32 layers).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from .api import resolve_strategy
 from .data import load_image
 from .demo import DTYPES, default_methods
 from .errors import ConfigError
-from .models import ATTENTION
+from .models import ATTENTION, FAMILIES, LLAVA_FAMILIES
 
 DEFAULT_PROMPT = "What shapes are in the picture?"
 DEFAULT_STRATEGIES = "st3,fastv,vtw"
+DEFAULT_VIDEO_PROMPT = "What happens in the video?"
+SYNTHETIC_FRAMES = 8
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 # ------------------------------------------------------------------------------------------- arguments
@@ -30,11 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="tiny",
         metavar="tiny|DIR",
-        help="'tiny' (random, default) or a local Hugging Face LLaVA model directory",
+        help="'tiny' (random, default) or a local Hugging Face model directory",
     )
-    parser.add_argument("--family", choices=["llava", "llava_next"], help="family of the tiny model (default llava)")
-    parser.add_argument("--image", metavar="FILE", help="image file (default: a synthetic picture of coloured shapes)")
-    parser.add_argument("--prompt", metavar="TEXT", help=f"question about the image (default {DEFAULT_PROMPT!r})")
+    parser.add_argument("--family", choices=list(FAMILIES), help="family of the tiny model (default llava)")
+    picture = parser.add_mutually_exclusive_group()
+    picture.add_argument("--image", metavar="FILE", help="image file (default: a synthetic picture of coloured shapes)")
+    picture.add_argument(
+        "--video",
+        metavar="DIR|synthetic",
+        help="Qwen-VL models: a folder of video frames (image files, in name order) or 'synthetic'",
+    )
+    parser.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        help=f"question about the picture (default {DEFAULT_PROMPT!r}, for a video {DEFAULT_VIDEO_PROMPT!r})",
+    )
     parser.add_argument(
         "--strategies",
         default=DEFAULT_STRATEGIES,
@@ -100,6 +115,40 @@ def synthetic_image(width: int = 480, height: int = 360):
     return image
 
 
+def synthetic_video(frames: int = SYNTHETIC_FRAMES, width: int = 320, height: int = 240) -> list:
+    """`frames` frames of the synthetic picture's shapes, the red disc moving right and the blue box down."""
+    from PIL import Image, ImageDraw
+
+    out = []
+    w, h = width / 480, height / 360
+    for f in range(frames):
+        step = f / max(frames - 1, 1)
+        image = Image.new("RGB", (width, height), (236, 236, 228))
+        draw = ImageDraw.Draw(image)
+        x = (20 + 280 * step) * w
+        draw.ellipse((x, 40 * h, x + 150 * w, 190 * h), fill=(214, 40, 40))
+        y = (20 + 200 * step) * h
+        draw.rectangle((300 * w, y, 460 * w, y + 110 * h), fill=(40, 80, 200))
+        draw.polygon([(60 * w, 340 * h), (140 * w, 230 * h), (220 * w, 340 * h)], fill=(240, 190, 30))
+        out.append(image)
+    return out
+
+
+def load_frames(source: str) -> list:
+    """The frames of `--video`: 'synthetic', or the image files of a folder in name order."""
+    from .data import load_image
+
+    if source == "synthetic":
+        return synthetic_video()
+    folder = Path(source)
+    if not folder.is_dir():
+        raise ConfigError(f"--video {source}: not a folder of frames (give a folder of image files or 'synthetic')")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"--video {source}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return [load_image(p) for p in files]
+
+
 # ------------------------------------------------------------------------------------------- command
 def command(args: argparse.Namespace, console: Console | None = None) -> int:
     """Entry of the `show` subcommand; prints the path of the written PNG and returns the exit code."""
@@ -113,15 +162,25 @@ def command(args: argparse.Namespace, console: Console | None = None) -> int:
     tiny = parse_tiny_spec(args.tiny_spec)
     if args.model != "tiny" and (args.family or tiny):
         raise ConfigError("--family applies to the tiny model only; a model directory has its own family")
-    image = load_image(args.image) if args.image else synthetic_image()
+    needs_videos = "--video needs a model that takes videos (Qwen-VL families)"
+    if args.video and args.model == "tiny" and (args.family or "llava") in LLAVA_FAMILIES:
+        raise ConfigError(f"{needs_videos}; {args.family or 'llava'} does not")
+    frames = load_frames(args.video) if args.video else None
+    image = None if frames else (load_image(args.image) if args.image else synthetic_image())
     names = strategy_names(args.strategies)  # checked before the slow load
     loaded = load_model(
         args.model, family=args.family or "llava", tiny=tiny, dtype=args.dtype, device=args.device, attn=args.attn
     )
+    if frames and loaded.family in LLAVA_FAMILIES:
+        raise ConfigError(f"{needs_videos}; {args.model} is {loaded.family}")
     strategies = with_defaults(names, loaded.num_layers)
-    prompt = args.prompt or DEFAULT_PROMPT
-    inputs = loaded.inputs([image], prompt)
+    if frames:
+        inputs = loaded.inputs([], args.prompt or DEFAULT_VIDEO_PROMPT, videos=[frames])
+        picture, where = frames, {"video_index": 0}
+    else:
+        inputs = loaded.inputs([image], args.prompt or DEFAULT_PROMPT)
+        picture, where = image, {}
     title = f"{loaded.description}: visual tokens kept at each cut layer (removed ones dimmed)"
-    path = render(loaded.model, inputs, image, strategies, out, title=title)
+    path = render(loaded.model, inputs, picture, strategies, out, title=title, **where)
     console.print(str(path), highlight=False, soft_wrap=True)
     return 0
