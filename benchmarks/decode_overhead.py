@@ -5,7 +5,8 @@ ATen operation costs a few microseconds of dispatch and launch, whatever its siz
 adds to a step therefore shows up in proportion to the operations it issues, and removing visual KV
 entries cannot pay for it (reading a few hundred fewer entries saves next to nothing at batch 1). This
 script measures both sides:
-- *operations*: ATen calls that produce a new tensor (views and no-op `.to` excluded: they launch nothing),
+- *operations*: ATen calls that produce a new tensor or change one in place (views and no-op `.to` excluded:
+  they launch nothing),
   per prefill and per decode step, counted by a TorchDispatchMode around `generate()`. The counts do not
   depend on the machine or on the model's width, only on its layer count, so a CPU count predicts the
   host-side cost on a GPU;
@@ -67,7 +68,8 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if not func.is_view and not any(out is a for a in args):
+        # in-place operations (add_, masked_fill_, ...) return their input but launch a kernel all the same
+        if not func.is_view and (func._schema.is_mutable or not any(out is a for a in args)):
             self.count += 1
         source = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if source is not None and source.device.type not in ("cpu", "meta"):

@@ -72,7 +72,7 @@ class AnnealingParams(StrategyParams):
         None, ge=1, description="decode steps of the decay; None = the generate call's max_new_tokens"
     )
     evict_every: int = Field(
-        8, ge=1, description="evicted entries are masked at once and compacted every this many steps"
+        8, ge=1, description="eviction rounds: every this many decode steps each layer evicts down to that step's count"
     )
 
 

@@ -29,8 +29,8 @@ class ST3Params(StrategyParams):
     evict_every: int = Field(
         8,
         ge=1,
-        description="evicted KV entries are masked at once and physically removed every this many steps "
-        "(batches the copies; outputs do not depend on it)",
+        description="eviction rounds: every this many decode steps each layer evicts down to that step's count "
+        "and removes the evicted entries from its tensors (1: every step)",
     )
 
 

@@ -32,13 +32,15 @@ STRATEGY_CASES = [
     pytest.param(
         "st3",
         dict(),
-        RefMethod("st3", start_layer=2, stride=3, ratio=0.2, decay="cosine", final_fraction=0.2),
+        RefMethod("st3", start_layer=2, stride=3, ratio=0.2, decay="cosine", final_fraction=0.2, evict_every=8),
         id="st3-defaults",
     ),
     pytest.param(
         "st3",
-        dict(start_layer=1, stride=1, ratio=0.4, decay="linear", final_fraction=0.2, horizon=6),
-        RefMethod("st3", start_layer=1, stride=1, ratio=0.4, decay="linear", final_fraction=0.2, horizon=6),
+        dict(start_layer=1, stride=1, ratio=0.4, decay="linear", final_fraction=0.2, horizon=6, evict_every=2),
+        RefMethod(
+            "st3", start_layer=1, stride=1, ratio=0.4, decay="linear", final_fraction=0.2, horizon=6, evict_every=2
+        ),
         id="st3-linear",
     ),
 ]

@@ -326,6 +326,7 @@ def ref_method(name: str, params: dict) -> RefMethod:
         decay=params["decay"],
         final_fraction=params["final_fraction"],
         horizon=params["horizon"],
+        evict_every=params["evict_every"],
     )
 
 
@@ -382,9 +383,11 @@ def decay_fraction(name: str, params: dict, t: int, horizon: int) -> float:
 
 
 def expected_visual_cache(name: str, params: dict, prefill: list[list[int]], steps: int, horizon: int):
-    """[step][layer][sample] visual KV entries after each forward (VTA: n_l(t) = round(n_l(0) * fraction(t)))."""
+    """[step][layer][sample] visual KV entries after each forward (VTA: n_l(r) = round(n_l(0) * fraction(r)) at
+    the last eviction round r <= t, r a multiple of evict_every; r = 0 is the prefill)."""
+    every = params.get("evict_every", 1) if name == "st3" else 1
     return [
-        [[round(n0 * decay_fraction(name, params, t, horizon)) for n0 in layer] for layer in prefill]
+        [[round(n0 * decay_fraction(name, params, t - t % every, horizon)) for n0 in layer] for layer in prefill]
         for t in range(steps)
     ]
 

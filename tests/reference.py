@@ -29,6 +29,7 @@ class RefMethod:
     decay: str = "none"
     final_fraction: float = 1.0
     horizon: int | None = None
+    evict_every: int = 1  # eviction rounds: layers evict down to the decay's count at steps t % evict_every == 0
 
     def cuts(self, num_layers: int) -> list[int]:
         if self.kind in ("fastv", "vtw"):
@@ -168,7 +169,7 @@ def reference_generate(
                 allowed = allowed | torch.eye(length, dtype=torch.bool)[None]
             else:
                 layer_present = per_layer_present[i]
-                if method.decay != "none":
+                if method.decay != "none" and t % method.evict_every == 0:
                     target = [round(int(initial[i][b]) * method.fraction(t, horizon)) for b in range(bsz)]
                     for b in range(bsz):
                         if int(layer_present[b].sum()) > target[b]:

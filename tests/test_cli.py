@@ -46,18 +46,21 @@ def test_demo_prints_one_row_per_method(tmp_path):
     rows = table_rows(text)
     assert list(rows) == METHODS, text
     header = next(line for line in text.splitlines() if "Prefill FLOPs" in line)
-    assert "TTFT" in header and "Visual KV" in header and "Agree" in header
+    assert "TTFT" in header and "Visual KV" in header and "Agree" in header and "Equiv. visual" in header
     # baseline: all 36 visual tokens in all 4 layers, 100 % of everything, ratio 1.00 to itself
-    _, tokens, flops, visual_kv, total_kv, ttft, decode, agree, kl = rows["baseline"]
-    assert tokens == "36x4"
+    _, tokens, flops, equivalent, visual_kv, total_kv, ttft, decode, agree, kl = rows["baseline"]
+    assert tokens == "36x4" and equivalent == "36"
     assert flops == visual_kv == total_kv == agree == "100%"
     assert ttft == decode == "1.00x"
     # FastV default: cut at layer 2 keeping round(36 * 0.5) = 18; VTW k = 4 // 2 = 2 withdraws everything
     assert rows["fastv"][1] == "36x2 18x2"
     assert rows["vtw"][1] == "36x2 0x2"
+    # equivalent visual tokens: (2 * 36 + 2 * 18) / 4 = 27 and (2 * 36 + 2 * 0) / 4 = 18
+    assert rows["fastv"][3] == "27" and rows["vtw"][3] == "18"
     for name in ("fastv", "vtw", "st3"):
         assert float(rows[name][2].rstrip("%")) < 100  # pruning saves prefill FLOPs
-        assert re.fullmatch(r"\d+\.\d\dx", rows[name][5])
+        assert float(rows[name][3]) < 36
+        assert re.fullmatch(r"\d+\.\d\dx", rows[name][6])
 
     saved = json.loads(report_file.read_text())
     assert [m["name"] for m in saved["methods"]] == METHODS
@@ -66,6 +69,7 @@ def test_demo_prints_one_row_per_method(tmp_path):
     for m in saved["methods"][1:]:
         assert m["report"]["strategy"]["name"] == m["name"]
         assert len(m["tokens"]) == 4  # the tiny model decodes the full length
+        assert len(m["report"]["equivalent_visual_tokens"]) == 1
         assert 0.0 <= m["agreement"] <= 1.0
 
 

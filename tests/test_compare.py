@@ -120,7 +120,7 @@ def independent(strategy: tp.Strategy, samples: int = SAMPLES) -> dict:
     """What compare should report for `strategy`, computed here: the same model and samples, tp.prune per sample."""
     loaded = load_model("tiny", tiny=TINY, device="cpu", dtype="float32")
     flops = {"prefill": 0, "baseline_prefill": 0, "decode": 0, "baseline_decode": 0}
-    kls, agreements = [], []
+    kls, agreements, equivalent = [], [], []
     for sample in datasets.load_samples("synthetic", limit=samples):
         data = loaded.inputs(sample.images, sample.prompt)
         length = data["input_ids"].shape[1]
@@ -130,6 +130,7 @@ def independent(strategy: tp.Strategy, samples: int = SAMPLES) -> dict:
             with tp.prune(loaded.model, strategy) as session:
                 pruned = loaded.model.generate(**data, **settings)
         counted = session.report.flops()
+        equivalent.append(session.report.equivalent_visual_tokens[0])
         for key in flops:
             flops[key] += counted[key]
         kls.append(first_token_kl(pruned.logits[0][0], base.logits[0][0]))
@@ -140,6 +141,7 @@ def independent(strategy: tp.Strategy, samples: int = SAMPLES) -> dict:
         / (flops["baseline_prefill"] + flops["baseline_decode"]),
         "first_token_kl": sum(kls) / len(kls),
         "agreement": sum(agreements) / len(agreements),
+        "equivalent_visual_tokens": sum(equivalent) / len(equivalent),
     }
 
 
@@ -197,6 +199,8 @@ def test_compare_end_to_end(tmp_path, spy):
     ):
         assert base[key] == 1.0, key
     assert base["first_token_kl"] == 0.0
+    visual = TINY["grid"] ** 2  # N of every sample: the unpruned model's equivalent visual tokens
+    assert base["equivalent_visual_tokens"] == visual
 
     # removing nothing costs exactly what the baseline costs and gives exactly its outputs
     zero = rows["fastv-0"]
@@ -204,6 +208,7 @@ def test_compare_end_to_end(tmp_path, spy):
     for key in ("prefill_flops_ratio", "total_flops_ratio", "visual_kv_ratio", "total_kv_ratio", "agreement"):
         assert zero[key] == 1.0, key
     assert zero["first_token_kl"] == 0.0
+    assert zero["equivalent_visual_tokens"] == visual
     assert zero["task"] == base["task"]
 
     # the pruning strategies: the same numbers as computed here, independently
@@ -217,6 +222,8 @@ def test_compare_end_to_end(tmp_path, spy):
         assert row["total_flops_ratio"] == pytest.approx(expected["total_flops_ratio"], rel=0, abs=1e-9)
         assert row["first_token_kl"] == pytest.approx(expected["first_token_kl"], rel=0, abs=1e-6)
         assert row["agreement"] == pytest.approx(expected["agreement"], abs=1e-12)
+        assert row["equivalent_visual_tokens"] == pytest.approx(expected["equivalent_visual_tokens"], rel=1e-12)
+        assert row["equivalent_visual_tokens"] < visual
         assert row["prefill_flops_ratio"] < 0.95 and row["visual_kv_ratio"] < 1.0
         assert row["first_token_kl"] > 0
 
@@ -228,10 +235,15 @@ def test_compare_end_to_end(tmp_path, spy):
         assert table[label]["prefill_flops_pct"] == table[label]["total_flops_pct"] == "100.0"
         assert table[label]["agreement_pct"] == "100.0" and float(table[label]["first_token_kl"]) == 0.0
     assert table[st3_label]["prefill_flops_pct"] == f"{100 * rows[st3_label]['prefill_flops_ratio']:.1f}"
+    assert table["baseline"]["equivalent_visual_tokens"] == f"{visual:.1f}"
+    assert table[st3_label]["equivalent_visual_tokens"] == f"{rows[st3_label]['equivalent_visual_tokens']:.1f}"
     assert table["baseline"]["samples"] == str(SAMPLES) and table["baseline"]["error"] == ""
     markdown = (out / "results.md").read_text()
     for label in labels:
         assert f"| {label} |" in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| Strategy"))
+    assert "| Total FLOPs % | Equiv. visual tokens |" in header
+    assert f"| {rows['composed']['equivalent_visual_tokens']:.1f} |" in markdown
     assert "![tradeoff](tradeoff.png)" in markdown and "pictures/kept_tokens_0.png" in markdown
     assert "tiny random LLaVA-1.5" in text and "baseline" in text and "results.md" in text
 

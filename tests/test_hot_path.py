@@ -78,27 +78,28 @@ def test_fastv_scores_one_layer_in_prefill_and_hooks_only_pruned_layers_in_decod
 
 
 def test_decay_stops_scoring_a_layer_once_it_holds_its_final_count():
-    """Past the horizon no layer evicts again, so eviction scores are no longer accumulated: two more steps
-    leave every layer's scores as they were (both runs stop before the first compaction, at step 8)."""
+    """Rounds at steps 2 and 4 = the horizon: after it no layer evicts again, so no query is kept for scoring
+    and the eviction scores stay as they were; before it, each round adds its window's attention."""
     model = tiny_model()
     data = inputs("single")
-    horizon = 4
+    horizon, params = 4, dict(horizon=4, evict_every=2)
     runs = {}
     for steps in (6, 8):
-        with tp.prune(model, "st3", horizon=horizon) as run:
+        with tp.prune(model, "st3", **params) as run:
             out = greedy(model, data, steps)
+        window = out.past_key_values.window
+        assert window.layers == () and window.queries == []
         runs[steps] = (run.report, [layer.scores for layer in out.past_key_values.layers])
     (short, short_scores), (long, long_scores) = runs[6], runs[8]
     assert long.visual_cache_entries[horizon] == long.visual_cache_entries[-1]  # nothing evicted after it
     assert short.visual_cache_entries == long.visual_cache_entries[:6]
     for a, b in zip(short_scores, long_scores, strict=True):
         assert torch.equal(a, b)
-    # before the horizon they do change: the scores of step 2 differ from those of step 3
-    with tp.prune(model, "st3", horizon=horizon):
-        early = [layer.scores for layer in greedy(model, data, 3).past_key_values.layers]
-    with tp.prune(model, "st3", horizon=horizon):
-        later = [layer.scores for layer in greedy(model, data, 4).past_key_values.layers]
-    assert any(not torch.equal(a, b) for a, b in zip(early, later, strict=True))
+    # before the horizon the window collects: after 4 tokens (steps 1-3, a round at 2) it holds step 2's
+    # and step 3's queries of every layer that still evicts
+    with tp.prune(model, "st3", **params):
+        window = greedy(model, data, 4).past_key_values.window
+    assert len(window.queries) == 2 and window.layers and all(len(q) == len(window.layers) for q in window.queries)
 
 
 @pytest.mark.parametrize("kind,expect_mask", [("single", False), ("padded", True)])

@@ -18,7 +18,7 @@ CASES = [
     pytest.param(
         "st3",
         {},
-        RefMethod("st3", start_layer=2, stride=3, ratio=0.2, decay="cosine", final_fraction=0.2),
+        RefMethod("st3", start_layer=2, stride=3, ratio=0.2, decay="cosine", final_fraction=0.2, evict_every=8),
         id="st3",
         marks=pytest.mark.slow,
     ),

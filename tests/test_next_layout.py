@@ -16,7 +16,11 @@ from tokenprune.tiny import TinySpec, build_model, make_inputs, next_image_token
 
 STEPS = 32
 CASES = [
-    ("st3", {}, RefMethod("st3", start_layer=2, stride=3, ratio=0.2, decay="cosine", final_fraction=0.2)),
+    (
+        "st3",
+        {},
+        RefMethod("st3", start_layer=2, stride=3, ratio=0.2, decay="cosine", final_fraction=0.2, evict_every=8),
+    ),
     ("fastv", dict(k=2, ratio=0.5), RefMethod("fastv", k=2, ratio=0.5)),
     ("vtw", dict(k=16), RefMethod("vtw", k=16)),
 ]

@@ -126,7 +126,7 @@ def test_example_parts_compose_with_builtin_parts(with_example):
     mixed = tp.compose(
         score="key_norm",
         schedule={"name": "progressive", "start_layer": 1, "stride": 2, "ratio": 0.5},
-        decay={"name": "cosine", "final_fraction": 0.5},
+        decay={"name": "cosine", "final_fraction": 0.5, "evict_every": 2},
     )
     with tp.prune(model, mixed) as run:
         model.generate(**data, max_new_tokens=4, do_sample=False)

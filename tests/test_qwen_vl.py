@@ -54,8 +54,8 @@ def test_text_only_sample_beside_images_and_video(family, attn):
     """A mixed batch equals the masked reference, and each sample run alone."""
     model, eager = tiny_model(attn, family=family), tiny_model("eager", family=family)
     data = make_qwen_inputs(spec(attn, family=family), MIXED)
-    method = RefMethod("st3", start_layer=1, stride=2, ratio=0.4, decay="cosine", final_fraction=0.3)
-    params = dict(start_layer=1, stride=2, ratio=0.4, final_fraction=0.3)
+    method = RefMethod("st3", start_layer=1, stride=2, ratio=0.4, decay="cosine", final_fraction=0.3, evict_every=2)
+    params = dict(start_layer=1, stride=2, ratio=0.4, final_fraction=0.3, evict_every=2)
     with tp.prune(model, "st3", **params) as run:
         out = greedy(model, data, 6)
     ref = reference_generate(eager, data, method, 6)

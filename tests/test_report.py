@@ -3,9 +3,10 @@
 import json
 
 import pytest
-from conftest import STRATEGY_CASES, greedy, inputs, tiny_model
+from conftest import STRATEGY_CASES, ZERO_REMOVAL, greedy, inputs, tiny_model
 
 import tokenprune as tp
+from tokenprune.report import Report
 
 
 @pytest.mark.parametrize("name,params,ref_method", STRATEGY_CASES)
@@ -57,3 +58,42 @@ def test_prefill_flops_by_hand():
     assert flops["fastv_formula"]["baseline_prefill"] == c.num_hidden_layers * (
         4 * n_all * d * d + 2 * n_all**2 * d + 2 * n_all * d * f
     )
+
+
+# ------------------------------------------------------------------------------------------- equivalent visual tokens
+# visual tokens per sample of the padded batches (conftest): LLaVA-1.5's 6x6 grid; the Qwen-VL grids of QWEN_BATCHES
+PADDED_VISUAL = {"llava": [36, 36, 36], "qwen2_5_vl": [24, 48, 12]}
+
+
+@pytest.mark.parametrize("family", list(PADDED_VISUAL))
+@pytest.mark.parametrize("k,ratio", [(2, 0.5), (1, 0.7), (5, 0.25)])
+def test_equivalent_visual_tokens_follow_fastvs_formula(family, k, ratio):
+    model = tiny_model(family=family)
+    layers = model.config.text_config.num_hidden_layers
+    with tp.prune(model, "fastv", k=k, ratio=ratio) as run:
+        greedy(model, inputs("padded", family=family), 2)
+    report = run.report
+    assert report.visual_tokens == PADDED_VISUAL[family]
+    expected = [(k * n + (layers - k) * round(n * (1 - ratio))) / layers for n in PADDED_VISUAL[family]]
+    assert report.equivalent_visual_tokens == expected  # exact: the same integers divided once
+    assert report.to_dict()["equivalent_visual_tokens"] == expected
+
+
+def test_equivalent_visual_tokens_of_vtw_count_the_layers_before_withdrawal():
+    model = tiny_model()
+    with tp.prune(model, "vtw", k=4) as run:
+        greedy(model, inputs("single"), 2)
+    assert run.report.equivalent_visual_tokens == [4 * 36 / 6]
+
+
+@pytest.mark.parametrize("name,params", ZERO_REMOVAL)
+def test_equivalent_visual_tokens_without_pruning_are_n(name, params):
+    model = tiny_model()
+    with tp.prune(model, name, **params) as run:
+        greedy(model, inputs("padded"), 2)
+    assert run.report.equivalent_visual_tokens == [36.0, 36.0, 36.0]
+
+
+def test_equivalent_visual_tokens_of_a_report_without_prefill_are_empty():
+    report = Report.empty({"name": "fastv"})
+    assert report.equivalent_visual_tokens == [] and report.to_dict()["equivalent_visual_tokens"] == []

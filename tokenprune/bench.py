@@ -8,7 +8,8 @@ and ST3 gives the time-vs-FLOPs plot: the FLOPs ratio is the physical limit of w
 save, so a point on the diagonal means the implementation gets all of it.
 
 Results go to `--out` (default `benchmarks/results`) as `bench-<size>-b<batch>.json` and
-`time_vs_flops-<size>-b<batch>.png`; `docs/benchmarks.md` cites them.
+`time_vs_flops-<size>-b<batch>.png`; `docs/benchmarks.md` cites them. `--quick` is the GPU plan that fits in
+8 minutes (`tokenprune.bench_quick`, built from the pieces here: one JSON and one markdown table).
 """
 
 from __future__ import annotations
@@ -143,14 +144,24 @@ SIZES = {
 HOOKS_ONLY = "hooks only (fastv ratio=0)"
 
 
-def methods_for(layers: int) -> list[tuple[str, dict]]:
-    """(label, strategy config): the no-op hooks, the defaults of every method, and a budget sweep."""
+#: the fixed KV memory budget of the `kv_budget_batch` column: how many sequences of this length fit in it
+KV_BUDGET_BYTES = 16 * 2**30
+
+
+def default_methods(layers: int) -> list[tuple[str, dict]]:
+    """(label, strategy config): the no-op hooks and the defaults of every method (VTW: k = half the depth)."""
     half = max(1, layers // 2)
     return [
         (HOOKS_ONLY, {"name": "fastv", "ratio": 0.0}),
         ("fastv", {"name": "fastv"}),
         (f"vtw k={half}", {"name": "vtw", "k": half}),
         ("st3", {"name": "st3"}),
+    ]
+
+
+def methods_for(layers: int) -> list[tuple[str, dict]]:
+    """(label, strategy config): `default_methods` and a budget sweep of FastV and ST3."""
+    return default_methods(layers) + [
         ("fastv ratio=0.25", {"name": "fastv", "ratio": 0.25}),
         ("fastv ratio=0.75", {"name": "fastv", "ratio": 0.75}),
         ("st3 ratio=0.1", {"name": "st3", "ratio": 0.1}),
@@ -158,21 +169,232 @@ def methods_for(layers: int) -> list[tuple[str, dict]]:
     ]
 
 
-def build(size: Size, batch: int, device: torch.device, dtype: torch.dtype):
+@contextlib.contextmanager
+def constructed_on(device: torch.device, dtype: torch.dtype):
+    """Tensors created inside are made on `device` in `dtype` (floating point): a random 7B model is initialised
+    on the GPU in bf16 in seconds, where an fp32 init on the CPU takes minutes and twice the bytes."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_size_model(size: Size, device: torch.device, dtype: torch.dtype):
+    """The random model of `size`, constructed directly on `device` in `dtype`."""
+    with constructed_on(device, dtype):
+        if isinstance(size.spec, QwenSpec):
+            return build_qwen_model(size.spec, dtype=dtype)
+        return build_model(size.spec, dtype=dtype)
+
+
+def size_inputs(size: Size, batch: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """`batch` copies of the size's synthetic prompt, on `device` (pixels in `dtype`)."""
     spec = size.spec
     if isinstance(spec, QwenSpec):  # text, <vision_start> image <vision_end>, text (the two markers are text)
-        model = build_qwen_model(spec, dtype=dtype).to(device)
         sample = [("text", size.text_before), ("image", size.qwen_grid), ("text", size.text_after)]
         data = make_qwen_inputs(spec, [sample] * batch)
-        data = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in data.items()}
-        return model, data
-    model = build_model(spec, dtype=dtype).to(device)
-    sizes = [[size.image_size]] * batch if size.image_size else None
-    data = make_inputs(
-        spec, text_before=[size.text_before] * batch, text_after=[size.text_after] * batch, image_sizes=sizes
+    else:
+        sizes = [[size.image_size]] * batch if size.image_size else None
+        data = make_inputs(
+            spec, text_before=[size.text_before] * batch, text_after=[size.text_after] * batch, image_sizes=sizes
+        )
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in data.items()}
+
+
+def build(size: Size, batch: int, device: torch.device, dtype: torch.dtype):
+    """The model of `size` on `device` in `dtype` and `batch` copies of its prompt."""
+    return build_size_model(size, device, dtype), size_inputs(size, batch, device, dtype)
+
+
+class FirstUse:
+    """A method's context factory whose first use (the warm-up of `timing.measure`) also records the pruning
+    session it opened (None for the baseline) and the peak accelerator memory of that one generation (None on
+    CPU, where torch keeps no allocator statistics). Later uses are the plain factory: nothing is added to the
+    timed repeats."""
+
+    def __init__(self, factory: Callable, device: torch.device) -> None:
+        self.factory, self.device = factory, device
+        self.used, self.run, self.peak = False, None, None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.used:
+            with self.factory() as run:
+                yield run
+            return
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with self.factory() as run:
+            yield run
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        self.used, self.run = True, run
+
+
+def measure_methods(
+    model,
+    data: dict,
+    strategies: dict[str, tp.Strategy],
+    *,
+    new_tokens: int,
+    repeats: int,
+    device: torch.device,
+    on_step: Callable[[str], None] | None = None,
+    more_repeats: Callable[[float], int] | None = None,
+) -> tuple[dict[str, timing.Timing], dict[str, FirstUse]]:
+    """The baseline and `strategies` timed side by side (`timing.measure`: one warm-up each, `repeats` interleaved
+    repeats); returns the timings and, per method, its `FirstUse` (session and peak memory of the warm-up).
+
+    With `more_repeats` (a time guard), the warm-up and the first repeat run first; then `more_repeats(round_s)`,
+    given the seconds one round of every method took, says how many of the other `repeats - 1` to run."""
+    captured = {"baseline": FirstUse(contextlib.nullcontext, device)}
+    captured.update({label: FirstUse(lambda s=s: tp.prune(model, s), device) for label, s in strategies.items()})
+    methods = list(captured.items())
+
+    def generate(n: int, stopping_criteria) -> None:
+        model.generate(
+            **data,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            num_beams=1,
+            stopping_criteria=stopping_criteria,
+        )
+
+    if more_repeats is None or repeats == 1:
+        timings = timing.measure(methods, generate, new_tokens, repeats=repeats, warmup=1, on_step=on_step)
+        return timings, captured
+    start = time.perf_counter()
+    timings = timing.measure(methods, generate, new_tokens, repeats=1, warmup=1, on_step=on_step)
+    round_s = (time.perf_counter() - start) / 2  # the warm-up round (the slower one) and the first repeat
+    extra = max(0, min(repeats - 1, more_repeats(round_s)))
+    if extra:
+
+        def renumbered(label: str) -> None:  # "repeat 1/2" of this call is repeat 2/3 of the method
+            number, _, rest = label.removeprefix("repeat ").partition("/")
+            on_step(f"repeat {int(number) + 1}/{extra + 1}:{rest.partition(':')[2]}")
+
+        more = timing.measure(
+            methods, generate, new_tokens, repeats=extra, warmup=0, on_step=renumbered if on_step else None
+        )
+        for name, t in timings.items():
+            for part in ("ttft_s", "decode_s", "full_s", "produced"):
+                getattr(t, part).extend(getattr(more[name], part))
+    return timings, captured
+
+
+def method_row(strategy, rel: dict, t: timing.Timing, use: FirstUse, reference, batch: int) -> dict:
+    """One method's row: times, ratios to the baseline, FLOPs, KV bytes and equivalent visual tokens from its
+    report. The baseline has no report: its absolute KV bytes and visual tokens are the `baseline_*` fields and
+    the visual token counts of `reference`, a report of the same inputs."""
+    report = use.run.report if use.run is not None else None
+    flops = report.flops() if report else {}
+    source = report or reference
+    kv = source.kv_bytes() if source else {}
+    key = "" if report else "baseline_"
+
+    def kv_value(part: str, what: str):
+        return kv[part][key + what] if kv else None
+
+    total_peak = kv_value("total", "peak")
+    if report:
+        equivalent = statistics.fmean(report.equivalent_visual_tokens)
+    else:
+        equivalent = statistics.fmean(reference.visual_tokens) if reference else None
+    return {
+        "strategy": strategy.describe() if strategy is not None else None,
+        **rel,
+        "ttft_s": t.ttft,
+        "decode_s_per_token": t.decode_per_token,
+        "end_to_end_s": t.end_to_end,
+        "prefill_flops_ratio": flops.get("prefill_ratio", 1.0),
+        "decode_flops_ratio": flops.get("decode_ratio", 1.0),
+        "total_flops_ratio": flops.get("total_ratio", 1.0),
+        # visual tokens summed over the prefill layers / the layers, mean over the batch (the baseline's: N)
+        "equivalent_visual_tokens": equivalent,
+        "visual_kv_mean_ratio": kv["visual"]["mean_ratio"] if report else 1.0,
+        "total_kv_mean_ratio": kv["total"]["mean_ratio"] if report else 1.0,
+        "total_kv_peak_bytes": total_peak,
+        "total_kv_mean_bytes": kv_value("total", "mean"),
+        "visual_kv_peak_bytes": kv_value("visual", "peak"),
+        "visual_kv_mean_bytes": kv_value("visual", "mean"),
+        # the largest batch of these sequences whose peak KV fits KV_BUDGET_BYTES (from the KV bytes per sample)
+        "kv_budget_batch": KV_BUDGET_BYTES * batch // total_peak if total_peak else None,
+        # how many more sequences fit a fixed KV memory budget: baseline peak KV / this method's peak KV
+        "kv_budget_batch_ratio": ratio(kv["total"]["baseline_peak"], kv["total"]["peak"]) if report else 1.0,
+        "peak_memory_bytes": use.peak,
+    }
+
+
+def method_rows(strategies: dict, timings: dict[str, timing.Timing], captured: dict[str, FirstUse], batch: int):
+    """`method_row` of every method timed by `measure_methods`, in its order (the baseline first)."""
+    rel = timing.ratios(timings)
+    reference = next((use.run.report for use in captured.values() if use.run is not None), None)
+    return {
+        label: method_row(strategies.get(label), rel[label], timings[label], captured[label], reference, batch)
+        for label in timings
+    }
+
+
+def result_header(size: Size, data: dict, *, batch: int, new_tokens: int, repeats: int, device, dtype) -> dict:
+    """What every bench result says about its run: size, prompt, batch, generation, device, machine, date."""
+    return {
+        "size": size.name,
+        "spec": dataclasses.asdict(size.spec),
+        "prompt_tokens": int(data["input_ids"].shape[1]),
+        "batch": batch,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "machine": timing.machine_text(device),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_model(
+    model,
+    data: dict,
+    size: Size,
+    configs: list[tuple[str, dict]],
+    *,
+    batch: int,
+    new_tokens: int,
+    repeats: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    on_step: Callable[[str], None] | None = None,
+    more_repeats: Callable[[float], int] | None = None,
+) -> dict:
+    """The bench of the baseline and `configs` (which must include HOOKS_ONLY) on a built model and its inputs:
+    the rows, the raw timings, the hooks' paired-prefill cost and the targets."""
+    strategies = {label: tp.resolve_strategy(config) for label, config in configs}
+    timings, captured = measure_methods(
+        model,
+        data,
+        strategies,
+        new_tokens=new_tokens,
+        repeats=repeats,
+        device=device,
+        on_step=on_step,
+        more_repeats=more_repeats,
     )
-    data = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in data.items()}
-    return model, data
+    done = len(timings["baseline"].ttft_s)
+    hooks = hook_cost(model, data, strategies[HOOKS_ONLY], pairs=2 * done + 1)
+    rows = method_rows(strategies, timings, captured, batch)
+    return {
+        **result_header(size, data, batch=batch, new_tokens=new_tokens, repeats=done, device=device, dtype=dtype),
+        "rows": rows,
+        "timings": {name: t.to_dict() for name, t in timings.items()},
+        "hook_cost": hooks,
+        "targets": targets(rows, hooks, device, size.name, batch),
+    }
 
 
 def run_size(
@@ -185,65 +407,21 @@ def run_size(
     dtype: torch.dtype,
     on_step: Callable[[str], None] | None = None,
 ) -> dict:
+    """`run_model` of every method and the budget sweep (`methods_for`) on the size's model at `batch`."""
     model, data = build(size, batch, device, dtype)
-    layers = size.spec.layers
-    configs = methods_for(layers)
-    strategies = {label: tp.resolve_strategy(config) for label, config in configs}
-    methods = [timing.baseline_method()] + [
-        (label, (lambda s=s: tp.prune(model, s))) for label, s in strategies.items()
-    ]
-
-    def generate(n: int, stopping_criteria) -> None:
-        model.generate(
-            **data,
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            num_beams=1,
-            stopping_criteria=stopping_criteria,
-        )
-
-    timings = timing.measure(methods, generate, new_tokens, repeats=repeats, warmup=1, on_step=on_step)
-    rel = timing.ratios(timings)
-    hooks = hook_cost(model, data, strategies[HOOKS_ONLY], pairs=2 * repeats + 1)
-    rows = {}
-    for label, factory in methods:
-        run, peak = _measured_run(model, data, new_tokens, factory, device)
-        report = run.report if run is not None else None
-        flops = report.flops() if report else {}
-        kv = report.kv_bytes() if report else {}
-        rows[label] = {
-            "strategy": strategies[label].describe() if label in strategies else None,
-            **rel[label],
-            "ttft_s": timings[label].ttft,
-            "decode_s_per_token": timings[label].decode_per_token,
-            "end_to_end_s": timings[label].end_to_end,
-            "prefill_flops_ratio": flops.get("prefill_ratio", 1.0),
-            "decode_flops_ratio": flops.get("decode_ratio", 1.0),
-            "total_flops_ratio": flops.get("total_ratio", 1.0),
-            "visual_kv_mean_ratio": kv["visual"]["mean_ratio"] if kv else 1.0,
-            "total_kv_mean_ratio": kv["total"]["mean_ratio"] if kv else 1.0,
-            "total_kv_peak_bytes": kv["total"]["peak"] if kv else None,
-            # how many more sequences fit a fixed KV memory budget: baseline peak KV / this method's peak KV
-            "kv_budget_batch_ratio": ratio(kv["total"]["baseline_peak"], kv["total"]["peak"]) if kv else 1.0,
-            "peak_memory_bytes": peak,
-        }
-    return {
-        "size": size.name,
-        "spec": dataclasses.asdict(size.spec),
-        "prompt_tokens": int(data["input_ids"].shape[1]),
-        "batch": batch,
-        "new_tokens": new_tokens,
-        "repeats": repeats,
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "machine": timing.machine_text(device),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rows": rows,
-        "timings": {name: t.to_dict() for name, t in timings.items()},
-        "hook_cost": hooks,
-        "targets": targets(rows, hooks, device, size.name, batch),
-    }
+    configs = methods_for(size.spec.layers)
+    return run_model(
+        model,
+        data,
+        size,
+        configs,
+        batch=batch,
+        new_tokens=new_tokens,
+        repeats=repeats,
+        device=device,
+        dtype=dtype,
+        on_step=on_step,
+    )
 
 
 def hook_cost(model, data, strategy, pairs: int) -> dict:
@@ -277,21 +455,6 @@ def hook_cost(model, data, strategy, pairs: int) -> dict:
         "ratios": ratios,
         "prefill_s_median": statistics.median(plain),
     }
-
-
-def _measured_run(model, data, new_tokens: int, factory, device: torch.device):
-    """One generation under the method: its pruning session (None for the baseline) and the peak accelerator
-    memory it reached (None on CPU, where torch keeps no allocator statistics)."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    with torch.inference_mode(), factory() as run:
-        model.generate(**data, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=1)
-    if not cuda:
-        return run, None
-    torch.cuda.synchronize(device)
-    return run, int(torch.cuda.max_memory_allocated(device))
 
 
 def _target(text: str, value: float, met: bool) -> dict:
@@ -441,14 +604,17 @@ def print_result(result: dict, console: Console) -> None:
         f"{result['batch']}, {result['new_tokens']} new tokens), {result['device']} {result['dtype']}",
         caption=f"{result['machine']}; medians of {result['repeats']} interleaved repeats",
     )
-    for column in ("method", "TTFT", "prefill FLOPs", "decode/tok", "end-to-end", "visual KV", "total KV", "peak mem"):
+    columns = ("method", "TTFT", "prefill FLOPs", "equiv. visual tokens", "decode/tok", "end-to-end", "visual KV")
+    for column in (*columns, "total KV", "peak mem"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for label, r in result["rows"].items():
         mem = f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r["peak_memory_bytes"] else "-"
+        equivalent = r.get("equivalent_visual_tokens")
         table.add_row(
             label,
             f"{r['ttft_ratio']:.3f}",
             f"{r['prefill_flops_ratio']:.3f}",
+            "-" if equivalent is None else f"{equivalent:.1f}",
             f"{r['decode_ratio']:.3f}",
             f"{r['end_to_end_ratio']:.3f}",
             f"{r['visual_kv_mean_ratio']:.3f}",
@@ -476,7 +642,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch", type=int, action="append", help="batch size(s) (default 1; 1 and 16 on CUDA)")
     parser.add_argument("--new-tokens", type=int, help="greedy tokens per generation (default 32 on CPU, 128 on CUDA)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are reported (default 5)")
+    parser.add_argument(
+        "--repeats", type=int, help="interleaved repeats; medians are reported (default 5; 3 with --quick)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument(
         "--out", default="benchmarks/results", metavar="DIR", help="where results go (default benchmarks/results)"
@@ -486,11 +654,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="instead: FastV's recomputed one-row scores vs the full attention matrix, at LLaVA-NeXT length",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the GPU plan that fits in 8 minutes: 7B, NeXT-7B and Qwen2.5-VL-7B shapes, 5 methods, one JSON and one "
+        "markdown table (bench-quick-<device>.*); on a CPU with --size",
+    )
+    parser.add_argument(
+        "--time-guard",
+        type=float,
+        metavar="SECONDS",
+        help="with --quick: start no size, batch or repeat after this many seconds (default 400)",
+    )
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
+    from . import bench_quick
     from .models import resolve_device
 
+    bench_quick.check_arguments(args)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     sizes = args.size or (["llava15-7b", "llava15-13b", "llava-next-7b", "qwen25vl-7b"] if cuda else ["cpu-medium"])
@@ -501,8 +683,11 @@ def command(args: argparse.Namespace, console: Console) -> int:
             )
     batches = args.batch or ([1, 16] if cuda else [1])
     new_tokens = args.new_tokens or (128 if cuda else 32)
-    if new_tokens < 2 or args.repeats < 1 or any(b < 1 for b in batches):
+    if new_tokens < 2 or (args.repeats is not None and args.repeats < 1) or any(b < 1 for b in batches):
         raise ConfigError("--new-tokens must be >= 2, --repeats and --batch >= 1")
+    if args.quick:
+        return bench_quick.command(args, console, device=device, new_tokens=new_tokens)
+    args.repeats = args.repeats or 5
     dtype = torch.bfloat16 if cuda else torch.float32
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,32 @@ class _Tail:
         self._copies.clear()
 
 
+class ScoreWindow:
+    """What the decode steps since the last eviction round leave for the next round to score: for each step,
+    the query of its last token at every scored layer, that token's rotary row and the step's column count.
+
+    Kept with the cache because, like the cache, it is per sample: it follows beam reorders and selections.
+    """
+
+    def __init__(self) -> None:
+        self.layers: tuple[int, ...] | None = None  # layers scored in this window (None: not decoding yet)
+        self.clear()
+
+    def clear(self) -> None:
+        self.queries: list[list[torch.Tensor]] = []  # step -> layer (in `layers` order) -> (B, H*Dh)
+        self.rotary: list[tuple[torch.Tensor, torch.Tensor]] = []  # step -> (cos, sin), (B, 1, Dh) each
+        self.columns: list[int] = []  # step -> new tokens
+
+    def add(self, queries: list[torch.Tensor], rotary: tuple, columns: int) -> None:
+        self.queries.append(queries)
+        self.rotary.append(tuple(rotary))
+        self.columns.append(columns)
+
+    def index_batch(self, fn) -> None:
+        self.queries = [[fn(q) for q in step] for step in self.queries]
+        self.rotary = [tuple(fn(t) for t in rows) for rows in self.rotary]
+
+
 class PrunableLayer(DynamicLayer):
     def __init__(self, tail: _Tail) -> None:
         super().__init__()
@@ -94,8 +120,7 @@ class PrunableLayer(DynamicLayer):
         self.scores = None  # (B, head) accumulated attention of held visual entries; +inf for every other entry
         self.tail_from = 0  # tail column of this layer's first entry after its head
         self.pruned = False  # True once this layer's entries differ from the full sequence
-        self.all_valid = False  # host flag: no padding / filler / evicted entry (then a decode step needs no mask)
-        self.stale = False  # entries were evicted (masked) but are still in the tensors
+        self.all_valid = False  # host flag: no padding / filler entry (then a decode step needs no mask)
 
     # ------------------------------------------------------------------------------------ metadata
     @property
@@ -130,12 +155,12 @@ class PrunableLayer(DynamicLayer):
 
     @property
     def valid(self) -> torch.Tensor:
-        """(B, held) real entries (not padding, filler or evicted) among the held ones."""
+        """(B, held) real entries (not padding or filler) among the held ones."""
         return self._with_tail(self.head_valid, self._tail_meta(1), self.held_tail)
 
     @property
     def visual(self) -> torch.Tensor:
-        """(B, held) prunable visual entries still attended (an eviction only clears `head_valid`)."""
+        """(B, held) prunable visual entries held."""
         visual = self.head_visual & self.head_valid
         extra = self.held_tail
         if extra <= 0:
@@ -178,28 +203,30 @@ class PrunableLayer(DynamicLayer):
         """Start the eviction scores from `attention` (B, head); entries that are not visual never compete."""
         self.scores = attention.float().masked_fill(~self.head_visual, float("inf"))
 
-    def add_scores(self, attention: torch.Tensor) -> None:
-        """Accumulate `attention` (B, >= head) received by the head's entries."""
-        self.scores = self.scores + attention[:, : self.head_length]
+    def add_scores(self, attention: torch.Tensor, weight: float = 1.0) -> None:
+        """Accumulate `weight * attention` (B, >= head) received by the head's entries."""
+        self.scores = torch.add(self.scores, attention[:, : self.head_length], alpha=weight)
 
-    def evict_lowest(self, count: list[int]) -> None:
-        """Evict the `count[b]` lowest-scored visual entries of each sample, at once: masked from now on,
-        removed from the tensors at the next compaction. Ties: the later entry goes first."""
-        most = max(count)
-        # Descending and stable: non-visual entries (+inf) first, the lowest visual ones last.
-        order = torch.argsort(self.scores, dim=1, descending=True, stable=True)
-        index = order[:, order.shape[1] - most :]
+    def evict(self, count: list[int], held: torch.Tensor, columns: torch.Tensor) -> None:
+        """An eviction round: evict the `count[b]` lowest-scored visual entries of each sample and remove them
+        from the tensors at once. Ties: the later entry goes first. `held` (host, (B,)): the real entries each
+        sample holds afterwards; `columns`: 0, 1, ... up to at least this layer's column count (shared by the
+        layers of a round, on any device)."""
+        most, head = max(count), self.head_length
+        order = _eviction_order(self.scores)
+        if self.all_valid and min(count) == most:  # every row evicts as many, and holds nothing but real entries
+            evict_alike([self], most, self.scores[None], columns, order=order[None])
+            return
+        drop = order[:, head - most :]
         if min(count) == most:
-            self.head_valid = self.head_valid.scatter(1, index, False)
-            self.scores = self.scores.scatter(1, index, float("inf"))
+            self.head_valid = self.head_valid.scatter(1, drop, False)
         else:  # rows evicting fewer keep the first `most - count[b]` of their candidates
-            evict = torch.tensor([[j >= most - c for j in range(most)] for c in count], device=index.device)
-            self.head_valid = self.head_valid.scatter(1, index, self.head_valid.gather(1, index) & ~evict)
-            self.scores = self.scores.scatter(1, index, self.scores.gather(1, index).masked_fill(evict, float("inf")))
-        self.pruned, self.all_valid, self.stale = True, False, True
+            spare = torch.tensor([[j < most - c for j in range(most)] for c in count], device=drop.device)
+            self.head_valid = self.head_valid.scatter(1, drop, self.head_valid.gather(1, drop) & spare)
+        self._compact(held)
 
-    def remove_evicted(self, held: torch.Tensor) -> None:
-        """Remove evicted entries from the tensors (one gather): each sample keeps its `held[b]` (host count)
+    def _compact(self, held: torch.Tensor) -> None:
+        """Keep only the real entries, head and tail (one gather): each sample keeps its `held[b]` (host count)
         real entries, right-aligned, left-filled with filler up to the most any sample holds."""
         extra = self.held_tail
         valid, positions, visual = self.valid, self.positions, self.visual
@@ -209,15 +236,18 @@ class PrunableLayer(DynamicLayer):
         self.head_valid, self.head_positions, self.head_visual = (
             t.gather(1, index) for t in (valid, positions, visual)
         )
-        if self.scores is not None:
-            padded = torch.cat([self.scores, self.scores.new_full((self.scores.shape[0], extra), float("inf"))], 1)
-            self.scores = padded.gather(1, index)
+        padded = torch.cat([self.scores, self.scores.new_full((self.scores.shape[0], extra), float("inf"))], 1)
+        self.scores = padded.gather(1, index).masked_fill(~self.head_visual, float("inf"))
+        self._gather_entries(index)
+        self.tail_from += extra
+        self.pruned = True
+        self.all_valid = bool((held == length).all())
+
+    def _gather_entries(self, index: torch.Tensor) -> None:
+        """Keys and values of the held columns `index` (B, L'), in that order."""
         kv_index = index.to(self.keys.device)[:, None, :, None]
         self.keys = self.keys.gather(2, kv_index.expand(-1, self.keys.shape[1], -1, self.keys.shape[3]))
         self.values = self.values.gather(2, kv_index.expand(-1, self.values.shape[1], -1, self.values.shape[3]))
-        self.tail_from += extra
-        self.pruned, self.stale = True, False
-        self.all_valid = bool((held == length).all())
 
     # ------------------------------------------------------------------------------------ batch operations
     def _index_batch(self, fn) -> None:
@@ -242,13 +272,55 @@ class PrunableLayer(DynamicLayer):
         super().reset()
         self.head_positions = self.head_valid = self.head_visual = self.scores = None
         self.tail_from = 0
-        self.pruned = self.all_valid = self.stale = False
+        self.pruned = self.all_valid = False
 
     def crop(self, tokens_to_remove: int) -> None:
         raise UnsupportedInputError(
             "cropping a pruned KV cache (assisted / speculative decoding) is not supported inside "
             "tokenprune.prune(); use greedy, sampling or beam search"
         )
+
+
+def _eviction_order(scores: torch.Tensor) -> torch.Tensor:
+    """Entries by descending score along the last dim, stable: non-visual entries (+inf) first, the lowest
+    visual ones last, and of equal scores the later entry after the earlier (so it goes first)."""
+    return torch.argsort(scores, dim=-1, descending=True, stable=True)
+
+
+def evict_alike(
+    layers: list[PrunableLayer],
+    count: int,
+    scores: torch.Tensor,
+    columns: torch.Tensor,
+    keys: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
+) -> None:
+    """Evict the `count` lowest-scored visual entries of every sample from each of `layers` and remove them from
+    the tensors, in one set of operations for all of them. The layers hold alike caches: the same shapes on one
+    device, every entry real (`all_valid`), so every row keeps the same `head - count` entries, in order, and
+    the tail columns after the head stay where they are. `scores` (G, B, head) are their eviction scores;
+    `keys` their stacked keys when the caller has them; `columns`: 0, 1, ... up to at least their length."""
+    first = layers[0]
+    head = first.head_length
+
+    def stacked(name: str) -> torch.Tensor:
+        return getattr(first, name)[None] if len(layers) == 1 else torch.stack([getattr(x, name) for x in layers])
+
+    order = _eviction_order(scores) if order is None else order
+    index = order[..., : head - count].sort(-1).values  # (G, B, kept)
+    positions, visual = stacked("head_positions").gather(-1, index), stacked("head_visual").gather(-1, index)
+    scores = scores.gather(-1, index)
+    tail = columns[head : first.keys.shape[2]].to(index.device).expand(*index.shape[:2], -1)
+    kv_index = torch.cat([index, tail], -1).to(first.keys.device)[:, :, None, :, None]
+    keys = stacked("keys") if keys is None else keys
+    values = stacked("values")
+    keys = keys.gather(3, kv_index.expand(-1, -1, keys.shape[2], -1, keys.shape[4]))
+    values = values.gather(3, kv_index.expand(-1, -1, values.shape[2], -1, values.shape[4]))
+    for g, layer in enumerate(layers):
+        layer.head_positions, layer.head_visual, layer.scores = positions[g], visual[g], scores[g]
+        layer.head_valid = layer.head_valid[:, : head - count]
+        layer.keys, layer.values = keys[g], values[g]
+        layer.pruned = True
 
 
 class PrunableCache(DynamicCache):
@@ -262,10 +334,12 @@ class PrunableCache(DynamicCache):
         self.layer_class_to_replicate = None
         self.tail = _Tail()
         self.layers = [PrunableLayer(self.tail) for _ in range(num_layers)]
+        self.window = ScoreWindow()  # decode queries since the last eviction round
         self.closed = False  # the pruning context that filled it has ended: it can no longer be extended
         self.processed = 0  # tokens seen so far (prompt + generated), independent of evictions
         # Host (layers, B) counts, set after the prefill: visual entries right after it (n_l(0) of the decay),
         # visual entries held now, real entries held now (including the running forward's once it started).
+        # The count tensors are replaced, never changed in place, so a report may keep them as they are.
         self.initial_visual = self.visual_count = self.entry_count = None
         self.final_visual = None  # visual entries each layer keeps at the decay's horizon (once asked for)
 
@@ -319,7 +393,7 @@ class PrunableCache(DynamicCache):
         (B,) each) in `columns` columns."""
         self.processed += tokens
         self.initial_visual, self.entry_count = torch.stack(visual), torch.stack(entries)
-        self.visual_count = self.initial_visual.clone()
+        self.visual_count = self.initial_visual
         for layer, real, width in zip(self.layers, self.entry_count, columns, strict=True):
             layer.all_valid = bool((real == width).all())
 
@@ -327,7 +401,7 @@ class PrunableCache(DynamicCache):
         """Tokens of a forward continuing the cache: their metadata joins the tail (before the layers run, which
         attend to them); `real` (host, (B,)) counts them."""
         self.tail.append(positions, valid)
-        self.entry_count += real
+        self.entry_count = self.entry_count + real
 
     def final_visual_counts(self, compute) -> torch.Tensor:
         """Host (layers, B) visual entries each layer keeps at the decay's horizon: `compute(initial_visual)`,
@@ -353,22 +427,26 @@ class PrunableCache(DynamicCache):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
         self.tail.index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+        self.window.index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
         host = beam_idx.cpu()
         self._index_counts(lambda t: t.index_select(1, host))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
         self.tail.index_batch(lambda t: t[indices.to(t.device)])
+        self.window.index_batch(lambda t: t[indices.to(t.device)])
         host = indices.cpu() if isinstance(indices, torch.Tensor) else indices
         self._index_counts(lambda t: t[:, host])
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
         self.tail.index_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+        self.window.index_batch(lambda t: t.repeat_interleave(repeats, dim=0))
         self._index_counts(lambda t: t.repeat_interleave(repeats, dim=1))
 
     def reset(self) -> None:
         super().reset()
         self.tail.clear()
+        self.window = ScoreWindow()
         self.initial_visual = self.visual_count = self.entry_count = self.final_visual = None
         self.processed = 0

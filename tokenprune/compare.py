@@ -381,6 +381,8 @@ class Comparison:
             if method.calibration:
                 row["calibration"] = method.calibration
             row.update(_aggregate(records, baseline))
+            if baseline and records:
+                row["equivalent_visual_tokens"] = _baseline_visual_tokens(self.methods[1:], records)
             if "accuracy" in self.config.metrics and records:
                 done = [self.samples[r["index"]] for r in records]
                 row["task"] = datasets.score_predictions(task, [r["prediction"] for r in records], done)
@@ -429,6 +431,7 @@ def _report_summary(report) -> dict:
         },
         "visual_tokens": report.visual_tokens[0],
         "visual_tokens_per_layer": [layer[0] for layer in report.prefill_visual_tokens],
+        "equivalent_visual_tokens": report.equivalent_visual_tokens[0],
         "visual_kv_fraction_per_step": [ratio(v, base_visual) for v in kv["visual"]["per_step"]],
     }
 
@@ -448,7 +451,7 @@ def _aggregate(records: list[dict], baseline: bool) -> dict:
         "first_token_kl": statistics.fmean(r["first_token_kl"] for r in records),
         "agreement": statistics.fmean(r["agreement"] for r in records),
     }
-    if baseline:
+    if baseline:  # its equivalent visual tokens (N) come from the strategies' records: `Comparison.results`
         return row | {
             "prefill_flops_ratio": 1.0,
             "total_flops_ratio": 1.0,
@@ -465,7 +468,28 @@ def _aggregate(records: list[dict], baseline: bool) -> dict:
         ),
         "visual_kv_ratio": _ratio_of_sums(records, "kv", "visual", "mean"),
         "total_kv_ratio": _ratio_of_sums(records, "kv", "total", "mean"),
+        "equivalent_visual_tokens": statistics.fmean(_equivalent_visual_tokens(r) for r in records),
     }
+
+
+def _equivalent_visual_tokens(record: dict) -> float:
+    """A sample's visual tokens summed over the prefill layers / the layers (cells written before the field had it
+    computed from the per-layer counts they hold)."""
+    if "equivalent_visual_tokens" in record:
+        return record["equivalent_visual_tokens"]
+    return statistics.fmean(record["visual_tokens_per_layer"])
+
+
+def _baseline_visual_tokens(methods: list, baseline_records: list[dict]) -> float | None:
+    """The unpruned model's equivalent visual tokens: the mean N of its samples, as the strategies' records count
+    them (the baseline runs without a report); None when no strategy has a record of those samples."""
+    counts: dict[int, int] = {}
+    for method in methods:
+        for index, record in method.records.items():
+            if "visual_tokens" in record:
+                counts.setdefault(index, record["visual_tokens"])
+    known = [counts[r["index"]] for r in baseline_records if r["index"] in counts]
+    return statistics.fmean(known) if known else None
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -473,6 +497,7 @@ COLUMNS: list[tuple[str, str, Callable[[dict], Any]]] = [
     ("Strategy", "label", lambda r: r["label"]),
     ("Prefill FLOPs %", "prefill_flops_pct", lambda r: _pct(r.get("prefill_flops_ratio"))),
     ("Total FLOPs %", "total_flops_pct", lambda r: _pct(r.get("total_flops_ratio"))),
+    ("Equiv. visual tokens", "equivalent_visual_tokens", lambda r: _num(r.get("equivalent_visual_tokens"), 1)),
     ("Visual KV %", "visual_kv_pct", lambda r: _pct(r.get("visual_kv_ratio"))),
     ("Total KV %", "total_kv_pct", lambda r: _pct(r.get("total_kv_ratio"))),
     ("TTFT ratio", "ttft_ratio", lambda r: _num(r.get("ttft_ratio"))),
@@ -543,7 +568,9 @@ def markdown(results: dict) -> str:
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     lines += [
         "",
-        "FLOPs and KV are percentages of the unpruned baseline on the same samples (ratio of sums); TTFT and decode "
+        "FLOPs and KV are percentages of the unpruned baseline on the same samples (ratio of sums); equivalent "
+        "visual tokens are the visual tokens summed over the prefill layers / the layers (mean over samples; the "
+        "baseline's is N); TTFT and decode "
         "are time ratios to the baseline measured side by side in this process (medians of interleaved repeats); "
         "KL is the first generated token's KL(pruned || baseline), agreement the share of greedy tokens equal to "
         "the baseline's.",

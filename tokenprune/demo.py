@@ -223,6 +223,11 @@ def pct(value: float) -> str:
     return f"{text}%"
 
 
+def tokens_text(value: float) -> str:
+    """An equivalent visual token count: 306.0 -> "306", 15.1666 -> "15.2"."""
+    return f"{value:.1f}".removesuffix(".0")
+
+
 def times(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.2f}x"
 
@@ -392,6 +397,7 @@ def make_table(summary: dict, baseline_timing: timing.Timing) -> Table:
     table.add_column("Method", overflow="fold")
     table.add_column("Visual tokens per layer", overflow="fold")
     table.add_column("Prefill FLOPs", justify="right")
+    table.add_column("Equiv. visual tokens", justify="right")
     table.add_column("Visual KV", justify="right")
     table.add_column("Total KV", justify="right")
     table.add_column("TTFT", justify="right")
@@ -404,17 +410,20 @@ def make_table(summary: dict, baseline_timing: timing.Timing) -> Table:
             label = "baseline\n[dim]unpruned[/dim]"
             tokens = run_length([model["visual_tokens"]] * model["layers"])
             flops = visual_kv = total_kv = 1.0
+            equivalent = model["visual_tokens"]
         else:
             report = r["report"]
             label = strategy_label(r["strategy"])
             tokens = run_length([layer[0] for layer in report["prefill_visual_tokens"]])
             flops = report["flops"]["prefill_ratio"]
+            equivalent = report["equivalent_visual_tokens"][0]
             visual_kv = report["kv_bytes"]["visual"]["mean_ratio"]
             total_kv = report["kv_bytes"]["total"]["mean_ratio"]
         table.add_row(
             label,
             tokens,
             pct(flops),
+            tokens_text(equivalent),
             pct(visual_kv),
             pct(total_kv),
             times(t["ttft_ratio"]),

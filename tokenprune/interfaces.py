@@ -152,12 +152,17 @@ class CacheDecay(ABC):
     active: bool = True
     #: steps over which to decay; None = the generate call's max_new_tokens.
     horizon: int | None = None
-    #: evicted entries are masked at once; the cache tensors are compacted every `evict_every` steps
+    #: eviction rounds: every `evict_every`-th decode step, each layer evicts down to its count of that step
+    #: (1: every step); between rounds the counts stay
     evict_every: int = 1
 
     @abstractmethod
     def fraction(self, step: int, horizon: int) -> float:
         """Fraction in [0, 1] of n_l(0) kept at decode step `step` (step 0 = right after prefill)."""
+
+    def is_round(self, step: int) -> bool:
+        """Whether decode step `step` (1 = the forward after the prefill) is an eviction round."""
+        return step % self.evict_every == 0
 
     def keep(self, step: int, horizon: int, initial: torch.Tensor) -> torch.Tensor:
         """n_l(t) = round(n_l(0) * fraction(t)), elementwise: `initial` holds n_l(0) of every layer and

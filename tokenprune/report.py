@@ -101,11 +101,12 @@ class Report:
 
     def record_cache(self, cache, new_tokens: torch.Tensor | None = None, new_columns: int = 0) -> None:
         """Cache state after a forward, from the cache's host counts; a decode forward added `new_columns`
-        columns holding `new_tokens` (host, (B,)) real tokens."""
+        columns holding `new_tokens` (host, (B,)) real tokens. The cache replaces its count tensors rather
+        than changing them, so they are kept as they are."""
         self._steps.append(
             (
-                cache.visual_count.clone(),
-                cache.entry_count.clone(),
+                cache.visual_count,
+                cache.entry_count,
                 torch.tensor([layer.keys.shape[2] for layer in cache.layers]),
                 new_tokens,
                 new_columns,
@@ -126,6 +127,15 @@ class Report:
     def prefill_tokens(self) -> list[list[int]]:
         """[layer][sample] real tokens computed by each prefill layer."""
         return [self._prefill_tokens[i].tolist() for i in sorted(self._prefill_tokens)]
+
+    @property
+    def equivalent_visual_tokens(self) -> list[float]:
+        """[sample] visual tokens summed over the prefill layers / the number of layers: the papers' "equivalent
+        visual tokens" (FastV k=2 ratio=0.5 on 32 layers, N=576: (2*576 + 30*288) / 32 = 306; unpruned: N)."""
+        layers = [self._prefill_visual[i] for i in sorted(self._prefill_visual)]
+        if not layers:
+            return []
+        return [float(n) / len(layers) for n in torch.stack(layers).sum(0).tolist()]
 
     @property
     def kept_visual(self) -> dict[int, list[list[int]]]:
@@ -281,6 +291,7 @@ class Report:
             "decode_steps": self.decode_steps,
             "prefill_visual_tokens": self.prefill_visual_tokens,
             "prefill_tokens": self.prefill_tokens,
+            "equivalent_visual_tokens": self.equivalent_visual_tokens,
             "kept_visual_positions": {str(k): v for k, v in self.kept_visual.items()},
             "kept_visual_per_image": {str(k): v for k, v in self.kept_visual_per_image.items()},
             "kept_visual_per_video": {str(k): v for k, v in self.kept_visual_per_video.items()},
