@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,6 +98,29 @@ def count_ops(model, data, factory, new_tokens: int) -> dict:
     }
 
 
+def paired_decode_ratios(timings: dict) -> dict:
+    """Per method, two estimates less spread by slow stretches of a shared machine than the ratio of two
+    medians (reported beside them): the median and quartiles of its decode time per token over the baseline's
+    in the same interleaved repeat, and the median of its 16-step blocks (`timing.Timing.blocks_s`) over the
+    baseline's, with the quartiles of its blocks over that median."""
+    base = timings["baseline"].to_dict()["decode_s_per_token_all"]
+    out = {}
+    for label, t in timings.items():
+        ratios = [a / b for a, b in zip(t.to_dict()["decode_s_per_token_all"], base, strict=True)]
+        q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        out[label] = {"decode_ratio_paired": median, "decode_ratio_paired_q1": q1, "decode_ratio_paired_q3": q3}
+        blocks = t.to_dict().get("decode_blocks_s_all")  # (an older checkout's timing has no blocks)
+        if blocks:
+            base_blocks = statistics.median(timings["baseline"].to_dict()["decode_blocks_s_all"])
+            q1, median, q3 = statistics.quantiles(blocks, n=4)
+            out[label].update(
+                decode_ratio_blocks=median / base_blocks,
+                decode_ratio_blocks_q1=q1 / base_blocks,
+                decode_ratio_blocks_q3=q3 / base_blocks,
+            )
+    return out
+
+
 def revision() -> str:
     try:
         return subprocess.run(
@@ -117,14 +141,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's own). 1 makes a host-bound CPU step issue operations the "
+        "way a GPU's host does, one at a time, without the multi-threading noise of tiny kernels",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     size = SHAPES[args.size]
     model, data = build(size, 1, device, dtype)
     layers = size.spec.layers
+    # ST3's eviction rounds set how often its decode steps pay for scoring and eviction: the every-step mode
+    # and a longer round beside the default
+    rounds = [(f"st3 evict_every={e}", {"name": "st3", "evict_every": e}) for e in (1, 16)]
     methods = [timing.baseline_method()] + [
-        (label, (lambda c=config: tp.prune(model, c))) for label, config in methods_for(layers)
+        (label, (lambda c=config: tp.prune(model, c))) for label, config in methods_for(layers) + rounds
     ]
 
     def generate(n: int, stopping_criteria) -> None:
@@ -140,6 +175,7 @@ def main() -> None:
     ops = {label: count_ops(model, data, factory, args.new_tokens) for label, factory in methods}
     timings = timing.measure(methods, generate, args.new_tokens + 1, repeats=args.repeats, warmup=1)
     ratios = timing.ratios(timings)
+    paired = paired_decode_ratios(timings)
     base = ops["baseline"]
     rows = {}
     for label, counts in ops.items():
@@ -153,12 +189,15 @@ def main() -> None:
             "extra_decode_host_reads_per_step": counts["decode_host_reads_per_step"]
             - base["decode_host_reads_per_step"],
             **ratios[label],
+            **paired[label],
             "ttft_ms": timings[label].ttft * 1e3,
             "decode_ms_per_token": timings[label].decode_per_token * 1e3,
         }
         print(
             f"{label:28s} extra ops: prefill {extra_prefill:+5d}, decode step {extra_decode:+7.1f}"
             f" ({extra_decode / layers:+6.2f} per layer)   decode ratio {ratios[label]['decode_ratio']:.3f}"
+            f" (paired {paired[label]['decode_ratio_paired']:.3f},"
+            f" blocks {paired[label].get('decode_ratio_blocks', float('nan')):.3f})"
             f"  TTFT ratio {ratios[label]['ttft_ratio']:.3f}"
         )
     result = {
@@ -173,7 +212,8 @@ def main() -> None:
         "revision": revision(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": f"python benchmarks/decode_overhead.py --size {size.name} --new-tokens {args.new_tokens} "
-        f"--repeats {args.repeats} --device {args.device}",
+        f"--repeats {args.repeats} --device {args.device}" + (f" --threads {args.threads}" if args.threads else ""),
+        "threads": torch.get_num_threads(),
         "rows": rows,
         "timings": {name: t.to_dict() for name, t in timings.items()},
     }

@@ -86,7 +86,11 @@ def main() -> None:
             final_fraction=f,
         )
         out["vta_grid"].append({"final_fraction": f, **priced(report, "llava-1.5-7b")})
-    # 3) the defaults, and the baselines, on both shapes
+    # 3) VTA's eviction rounds: the visual KV the round length costs (counts are met at rounds only)
+    out["rounds_grid"] = [
+        {"evict_every": e, **priced(run(32, "st3", NEW_TOKENS, evict_every=e), "llava-1.5-7b")} for e in (1, 4, 8, 16)
+    ]
+    # 4) the defaults, and the baselines, on both shapes
     out["defaults"] = defaults.model_dump()
     for shape in SHAPES:
         layers = SHAPES[shape]["layers"]

@@ -315,17 +315,29 @@ def test_bad_quick_arguments_exit_2(tmp_path, capsys, argv, expected):
     assert not list(tmp_path.iterdir())  # refused before anything is written
 
 
-def test_the_documented_gpu_command_parses_and_names_its_files(monkeypatch):
+def test_the_documented_gpu_commands_parse_and_name_their_files(monkeypatch):
+    """docs/benchmarks.md names the two GPU scripts; the bench command of run_quick.sh parses as the quick plan,
+    and the transformers wheel prepare.sh fetches is one the project accepts."""
+    import re
+    import tomllib
     from pathlib import Path
 
     import torch
+    from packaging.requirements import Requirement
 
     from tokenprune.bench_quick import device_slug
 
-    line = "pip install -e . --no-deps --no-build-isolation -q && tokenprune bench --quick --out benchmarks/results"
-    assert line in (Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text()
-    args = cli.build_parser().parse_args(line.split(" && tokenprune ")[1].split())
-    assert args.quick and args.out == "benchmarks/results" and args.size is None and args.batch is None
+    root = Path(__file__).resolve().parent.parent
+    docs = (root / "docs" / "benchmarks.md").read_text()
+    assert "bash benchmarks/gpu/prepare.sh" in docs and 'bash benchmarks/gpu/run_quick.sh "$OUT"' in docs
+    run = (root / "benchmarks" / "gpu" / "run_quick.sh").read_text()
+    line = next(x for x in run.splitlines() if x.startswith("python3 -m tokenprune.cli bench"))
+    args = cli.build_parser().parse_args(line.replace('"$out"', "OUT").split()[3:])
+    assert args.quick and args.out == "OUT" and args.size is None and args.batch is None
+    pinned = re.search(r"transformers==(\S+)", (root / "benchmarks" / "gpu" / "prepare.sh").read_text()).group(1)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = next(Requirement(d) for d in project if d.startswith("transformers"))
+    assert wanted.specifier.contains(pinned)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     assert device_slug(torch.device("cuda")) == "nvidia-h200" and device_slug(torch.device("cpu")) == "cpu"
 

@@ -194,10 +194,6 @@ class PrunableLayer(DynamicLayer):
                     setattr(self, name, value.to(self.keys.device))
         return out
 
-    def add_forward(self, all_valid: bool) -> None:
-        """A forward continuing the cache adds its tokens to this layer; `all_valid`: none is padding."""
-        self.all_valid = self.all_valid and all_valid
-
     # ------------------------------------------------------------------------------------ eviction
     def seed_scores(self, attention: torch.Tensor) -> None:
         """Start the eviction scores from `attention` (B, head); entries that are not visual never compete."""
@@ -287,6 +283,11 @@ def _eviction_order(scores: torch.Tensor) -> torch.Tensor:
     return torch.argsort(scores, dim=-1, descending=True, stable=True)
 
 
+def stack_layers(layers: list[PrunableLayer], name: str) -> torch.Tensor:
+    """(G, ...) the tensor attribute `name` of alike `layers` stacked (a view of the one layer's for G = 1)."""
+    return getattr(layers[0], name)[None] if len(layers) == 1 else torch.stack([getattr(x, name) for x in layers])
+
+
 def evict_alike(
     layers: list[PrunableLayer],
     count: int,
@@ -304,18 +305,24 @@ def evict_alike(
     head = first.head_length
 
     def stacked(name: str) -> torch.Tensor:
-        return getattr(first, name)[None] if len(layers) == 1 else torch.stack([getattr(x, name) for x in layers])
+        return stack_layers(layers, name)
 
     order = _eviction_order(scores) if order is None else order
     index = order[..., : head - count].sort(-1).values  # (G, B, kept)
     positions, visual = stacked("head_positions").gather(-1, index), stacked("head_visual").gather(-1, index)
     scores = scores.gather(-1, index)
     tail = columns[head : first.keys.shape[2]].to(index.device).expand(*index.shape[:2], -1)
-    kv_index = torch.cat([index, tail], -1).to(first.keys.device)[:, :, None, :, None]
-    keys = stacked("keys") if keys is None else keys
+    kv_index = torch.cat([index, tail], -1).to(first.keys.device)  # (G, B, kept + tail)
+    keys = stacked("keys") if keys is None else keys  # (G, B, Hkv, entries, Dh)
     values = stacked("values")
-    keys = keys.gather(3, kv_index.expand(-1, -1, keys.shape[2], -1, keys.shape[4]))
-    values = values.gather(3, kv_index.expand(-1, -1, values.shape[2], -1, values.shape[4]))
+    # One row copy per kept entry and head (index_select of rows), not an element-wise gather: as rows of a
+    # (G * B * Hkv * entries, Dh) view, entry j of head h of layer g, sample b is row ((g*B + b)*Hkv + h)*entries + j.
+    size, bsz, kv_heads, entries, head_dim = keys.shape
+    first_rows = torch.arange(0, size * bsz * kv_heads * entries, entries, device=kv_index.device)
+    rows = (first_rows.view(size, bsz, kv_heads, 1) + kv_index[:, :, None, :]).flatten()
+    kept = kv_index.shape[-1]
+    keys = keys.reshape(-1, head_dim).index_select(0, rows).view(size, bsz, kv_heads, kept, head_dim)
+    values = values.reshape(-1, values.shape[-1]).index_select(0, rows).view(size, bsz, kv_heads, kept, -1)
     for g, layer in enumerate(layers):
         layer.head_positions, layer.head_visual, layer.scores = positions[g], visual[g], scores[g]
         layer.head_valid = layer.head_valid[:, : head - count]
@@ -397,11 +404,15 @@ class PrunableCache(DynamicCache):
         for layer, real, width in zip(self.layers, self.entry_count, columns, strict=True):
             layer.all_valid = bool((real == width).all())
 
-    def add_tokens(self, positions: torch.Tensor, valid: torch.Tensor, real: torch.Tensor) -> None:
+    def add_tokens(self, positions: torch.Tensor, valid: torch.Tensor, real: torch.Tensor, all_real: bool) -> None:
         """Tokens of a forward continuing the cache: their metadata joins the tail (before the layers run, which
-        attend to them); `real` (host, (B,)) counts them."""
+        attend to them); `real` (host, (B,)) counts them; `all_real`: none is padding (else no layer holds only
+        real entries from now on)."""
         self.tail.append(positions, valid)
         self.entry_count = self.entry_count + real
+        if not all_real:
+            for layer in self.layers:
+                layer.all_valid = False
 
     def final_visual_counts(self, compute) -> torch.Tensor:
         """Host (layers, B) visual entries each layer keeps at the decay's horizon: `compute(initial_visual)`,

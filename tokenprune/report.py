@@ -13,9 +13,9 @@ above 1; settings that remove nothing do no scoring and give exactly 1).
 The FastV paper's formula 4nd^2 + 2n^2 d + 2ndm per layer is given for prefill, for comparison with tables.
 KV bytes: `total` is what the cache tensors hold (padding and filler included), `visual` the entries of
 visual tokens; both per step from 0 (right after prefill), peak and mean over the generation.
-Between compactions (a decay's `evict_every`), evicted entries are masked but still in the tensors: the
-kernel computes over them, the decode FLOPs here count only the entries a token sees (tests/test_accounting.py
-measures the gap: 1.5-3 % of decode FLOPs on tiny models with ST3's evict_every=8).
+A decay evicts in rounds (its `evict_every`) and evicted entries leave the tensors at once, so at batch 1 the
+entries a token sees are the entries the kernel computes over; a round's scoring (every window query against
+every held key of every scored layer) is counted with the decode step that runs it.
 """
 
 from __future__ import annotations

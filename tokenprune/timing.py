@@ -33,6 +33,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .ratios import ratio
 
+#: decode steps per block of `Timing.decode_per_token_blocks` (a multiple of ST3's default eviction round)
+BLOCK = 16
+
 #: a method to time: its display name and a factory of the context manager that switches it on
 Method = tuple[str, Callable[[], ContextManager[Any]]]
 
@@ -60,6 +63,7 @@ class Timing:
     decode_s: list[float] = field(default_factory=list)  # per token
     full_s: list[float] = field(default_factory=list)
     produced: list[int] = field(default_factory=list)  # new tokens the run actually generated
+    blocks_s: list[float] = field(default_factory=list)  # per token, each full block of BLOCK decode steps
 
     @property
     def ttft(self) -> float:
@@ -76,7 +80,15 @@ class Timing:
         """Median decode time per token after the first, seconds (0 when only one token was produced)."""
         return statistics.median(self.decode_s)
 
+    @property
+    def decode_per_token_blocks(self) -> float:
+        """Median over every block of BLOCK consecutive decode steps of all repeats, per token (0 without a
+        full block): a slow stretch of a shared machine spoils the blocks it overlaps, not a whole repeat,
+        and a block holds the same number of a method's periodic steps (VTA's rounds) wherever it starts."""
+        return statistics.median(self.blocks_s) if self.blocks_s else 0.0
+
     def add(self, start: float, stamps: list[float], end: float) -> None:
+        self.blocks_s += [(stamps[i + BLOCK] - stamps[i]) / BLOCK for i in range(0, len(stamps) - BLOCK, BLOCK)]
         self.ttft_s.append(stamps[0] - start)
         self.decode_s.append((stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else 0.0)
         self.full_s.append(end - start)
@@ -92,6 +104,8 @@ class Timing:
             "ttft_s_all": list(self.ttft_s),
             "decode_s_per_token_all": list(self.decode_s),
             "end_to_end_s_all": list(self.full_s),
+            "decode_s_per_token_blocks": self.decode_per_token_blocks,
+            "decode_blocks_s_all": list(self.blocks_s),
         }
 
 

@@ -44,14 +44,14 @@ class DecodeStep(Phase):
         generation: Generation,
         new_columns: int,
         new_real: torch.Tensor,
+        all_real: bool,
         round: EvictionRound | None,
     ) -> None:
         self.backbone, self.strategy, self.backend = backbone, strategy, backend
         self.cache, self.generation, self.round = cache, generation, round
         self.new_columns = new_columns  # M new tokens in this forward
         self.new_real = new_real  # host (B,) real new tokens
-        # a padded new turn has padding among them (host arithmetic: tolist issues no tensor operation)
-        self.new_all_valid = all(real == new_columns for real in new_real.tolist())
+        self.new_all_valid = all_real  # a padded new turn has padding among them
         # layers whose queries join the score window (decided at the last round)
         self.scored = frozenset(cache.window.layers or ()) if strategy.decay.active else frozenset()
         layers = {i for i, layer in enumerate(cache.layers) if layer.pruned}
@@ -93,7 +93,8 @@ class DecodeStep(Phase):
         if positions is None:  # what the language model itself would use: the next `new` positions
             positions = cache.processed + torch.arange(new, device=tokens.device)[None]
         generation.steps += 1
-        cache.add_tokens(positions.to(tokens.device).expand(bsz, -1), new_valid, new_real)
+        all_real = all(real == new for real in new_real.tolist())  # host arithmetic: no tensor operation
+        cache.add_tokens(positions.to(tokens.device).expand(bsz, -1), new_valid, new_real, all_real)
         round = None
         if decay.active:
             if cache.window.layers is None:  # the first decode step after the prefill
@@ -110,6 +111,7 @@ class DecodeStep(Phase):
             generation=generation,
             new_columns=new,
             new_real=new_real,
+            all_real=all_real,
             round=round,
         )
 
@@ -118,7 +120,6 @@ class DecodeStep(Phase):
         held: PrunableLayer = self.cache.layers[layer]
         if self.rope is None:
             self.rope = kwargs["position_embeddings"]
-        held.add_forward(self.new_all_valid)
         if not held.pruned:
             return None  # entries equal the full sequence: the model's own mask is right
         if self.new_columns == 1 and held.all_valid:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backbones import Backbone
-from ..cache import PrunableCache, ScoreWindow, evict_alike
+from ..cache import PrunableCache, ScoreWindow, evict_alike, stack_layers
 from ..interfaces import CacheDecay
 
 
@@ -92,10 +92,8 @@ def layer_groups(backbone: Backbone, cache: PrunableCache, evict: dict, scaling:
         members = [[i] for i in run] if key is None else [list(run)]
         for layers in members:
             held = [cache.layers[i] for i in layers]
-            stack = (lambda name: getattr(held[0], name)[None]) if len(held) == 1 else None
-            if stack is None:
-                stack = lambda name: torch.stack([getattr(layer, name) for layer in held])  # noqa: E731
-            groups.append(LayerGroup(layers, position, key is not None, stack("keys"), stack("scores")))
+            keys, scores = stack_layers(held, "keys"), stack_layers(held, "scores")
+            groups.append(LayerGroup(layers, position, key is not None, keys, scores))
             position += len(layers)
     return groups
 
@@ -140,7 +138,8 @@ class EvictionRound:
                 group.scores, counted = self._score(backbone, cache, scaling, group, q, bias)
                 flops += counted
         held = self.entries - new_real  # real entries in each layer's tensors after the round (host)
-        columns = torch.arange(max(cache.layers[i].keys.shape[2] for i in self.evict))
+        first = cache.layers[next(iter(self.evict))].keys.device
+        columns = torch.arange(max(cache.layers[i].keys.shape[2] for i in self.evict), device=first)
         for group in groups:
             count = self.evict.get(group.layers[0])
             layers = [cache.layers[i] for i in group.layers]
