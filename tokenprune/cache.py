@@ -241,9 +241,8 @@ class PrunableLayer(DynamicLayer):
 
     def _gather_entries(self, index: torch.Tensor) -> None:
         """Keys and values of the held columns `index` (B, L'), in that order."""
-        kv_index = index.to(self.keys.device)[:, None, :, None]
-        self.keys = self.keys.gather(2, kv_index.expand(-1, self.keys.shape[1], -1, self.keys.shape[3]))
-        self.values = self.values.gather(2, kv_index.expand(-1, self.values.shape[1], -1, self.values.shape[3]))
+        keys, values = take_entries(self.keys[None], self.values[None], index.to(self.keys.device)[None])
+        self.keys, self.values = keys[0], values[0]
 
     # ------------------------------------------------------------------------------------ batch operations
     def _index_batch(self, fn) -> None:
@@ -283,6 +282,18 @@ def _eviction_order(scores: torch.Tensor) -> torch.Tensor:
     return torch.argsort(scores, dim=-1, descending=True, stable=True)
 
 
+def take_entries(keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (G, B, Hkv, entries, Dh) of the entries `index` (G, B, kept), in that order, for every
+    head: one row copy per kept entry and head (index_select over the rows of a (G*B*Hkv*entries, Dh) view,
+    where entry j of head h of layer g, sample b is row ((g*B + b)*Hkv + h)*entries + j), not an element-wise
+    gather (several times slower on the CPU)."""
+    size, bsz, kv_heads, entries, _ = keys.shape
+    first_rows = torch.arange(0, size * bsz * kv_heads * entries, entries, device=index.device)
+    rows = (first_rows.view(size, bsz, kv_heads, 1) + index[:, :, None, :]).flatten()
+    shape = (size, bsz, kv_heads, index.shape[-1], -1)
+    return tuple(t.reshape(-1, t.shape[-1]).index_select(0, rows).view(shape) for t in (keys, values))
+
+
 def stack_layers(layers: list[PrunableLayer], name: str) -> torch.Tensor:
     """(G, ...) the tensor attribute `name` of alike `layers` stacked (a view of the one layer's for G = 1)."""
     return getattr(layers[0], name)[None] if len(layers) == 1 else torch.stack([getattr(x, name) for x in layers])
@@ -303,26 +314,14 @@ def evict_alike(
     `keys` their stacked keys when the caller has them; `columns`: 0, 1, ... up to at least their length."""
     first = layers[0]
     head = first.head_length
-
-    def stacked(name: str) -> torch.Tensor:
-        return stack_layers(layers, name)
-
     order = _eviction_order(scores) if order is None else order
     index = order[..., : head - count].sort(-1).values  # (G, B, kept)
-    positions, visual = stacked("head_positions").gather(-1, index), stacked("head_visual").gather(-1, index)
+    positions = stack_layers(layers, "head_positions").gather(-1, index)
+    visual = stack_layers(layers, "head_visual").gather(-1, index)
     scores = scores.gather(-1, index)
     tail = columns[head : first.keys.shape[2]].to(index.device).expand(*index.shape[:2], -1)
-    kv_index = torch.cat([index, tail], -1).to(first.keys.device)  # (G, B, kept + tail)
-    keys = stacked("keys") if keys is None else keys  # (G, B, Hkv, entries, Dh)
-    values = stacked("values")
-    # One row copy per kept entry and head (index_select of rows), not an element-wise gather: as rows of a
-    # (G * B * Hkv * entries, Dh) view, entry j of head h of layer g, sample b is row ((g*B + b)*Hkv + h)*entries + j.
-    size, bsz, kv_heads, entries, head_dim = keys.shape
-    first_rows = torch.arange(0, size * bsz * kv_heads * entries, entries, device=kv_index.device)
-    rows = (first_rows.view(size, bsz, kv_heads, 1) + kv_index[:, :, None, :]).flatten()
-    kept = kv_index.shape[-1]
-    keys = keys.reshape(-1, head_dim).index_select(0, rows).view(size, bsz, kv_heads, kept, head_dim)
-    values = values.reshape(-1, values.shape[-1]).index_select(0, rows).view(size, bsz, kv_heads, kept, -1)
+    keys = stack_layers(layers, "keys") if keys is None else keys
+    keys, values = take_entries(keys, stack_layers(layers, "values"), torch.cat([index, tail], -1).to(keys.device))
     for g, layer in enumerate(layers):
         layer.head_positions, layer.head_visual, layer.scores = positions[g], visual[g], scores[g]
         layer.head_valid = layer.head_valid[:, : head - count]
