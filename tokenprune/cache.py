@@ -199,10 +199,6 @@ class PrunableLayer(DynamicLayer):
         """Start the eviction scores from `attention` (B, head); entries that are not visual never compete."""
         self.scores = attention.float().masked_fill(~self.head_visual, float("inf"))
 
-    def add_scores(self, attention: torch.Tensor, weight: float = 1.0) -> None:
-        """Accumulate `weight * attention` (B, >= head) received by the head's entries."""
-        self.scores = torch.add(self.scores, attention[:, : self.head_length], alpha=weight)
-
     def evict(self, count: list[int], held: torch.Tensor, columns: torch.Tensor) -> None:
         """An eviction round: evict the `count[b]` lowest-scored visual entries of each sample and remove them
         from the tensors at once. Ties: the later entry goes first. `held` (host, (B,)): the real entries each
@@ -234,15 +230,11 @@ class PrunableLayer(DynamicLayer):
         )
         padded = torch.cat([self.scores, self.scores.new_full((self.scores.shape[0], extra), float("inf"))], 1)
         self.scores = padded.gather(1, index).masked_fill(~self.head_visual, float("inf"))
-        self._gather_entries(index)
+        keys, values = take_entries(self.keys[None], self.values[None], index.to(self.keys.device)[None])
+        self.keys, self.values = keys[0], values[0]
         self.tail_from += extra
         self.pruned = True
         self.all_valid = bool((held == length).all())
-
-    def _gather_entries(self, index: torch.Tensor) -> None:
-        """Keys and values of the held columns `index` (B, L'), in that order."""
-        keys, values = take_entries(self.keys[None], self.values[None], index.to(self.keys.device)[None])
-        self.keys, self.values = keys[0], values[0]
 
     # ------------------------------------------------------------------------------------ batch operations
     def _index_batch(self, fn) -> None:
