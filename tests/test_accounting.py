@@ -357,3 +357,50 @@ def test_padded_batch_flops_are_the_sum_of_its_samples(name, params, ref_method)
         expected = sum(f[phase] - f[f"scoring_{phase}"] for f in alone)
         assert together[phase] - together[f"scoring_{phase}"] == expected, phase
         assert together[f"baseline_{phase}"] == sum(f[f"baseline_{phase}"] for f in alone), phase
+
+
+@pytest.mark.parametrize("name,params,ref_method", STRATEGY_CASES)
+def test_sample_summaries_of_a_padded_batch_equal_the_samples_run_alone(name, params, ref_method):
+    """`Report.sample_summary(b)` of a padded batch against the report of sample b run alone: the same tokens,
+    layer FLOPs and KV entries (the batch's logit rows and scoring are shared equally, so those parts are
+    compared through their sums); and the summaries of the batch add up to the batch's FLOPs."""
+    model = tiny_model("eager")
+    batch = inputs("padded", "eager")
+    with tp.prune(model, name, **params) as session:
+        greedy(model, batch, STEPS)
+        report = session.report
+        together = [report.sample_summary(b) for b in range(report.batch_size)]
+        alone = []
+        for b in range(batch["input_ids"].shape[0]):
+            greedy(model, sample_of(batch, b, [1, 1, 1]), STEPS)
+            alone.append((session.report.sample_summary(0), session.report))
+    flops = report.flops()
+    for phase in ("prefill", "decode", "baseline_prefill", "baseline_decode"):
+        assert sum(s["flops"][phase] for s in together) == pytest.approx(flops[phase], rel=1e-12), phase
+    for mine, (single, single_report) in zip(together, alone, strict=True):
+        for key in ("prompt_tokens", "visual_tokens", "visual_tokens_per_layer", "kv_entries", "decode_steps"):
+            assert mine[key] == single[key], key
+        assert mine["equivalent_visual_tokens"] == single["equivalent_visual_tokens"]
+        for phase in ("prefill", "decode"):  # the layers' part: without the shared rows and scoring
+            shared = report.logit_rows[phase] * report.arch.lm_head_flops_per_row() + report.scoring_flops[phase]
+            own = single_report.logit_rows[phase] * report.arch.lm_head_flops_per_row()
+            own += single_report.scoring_flops[phase]
+            assert mine["flops"][phase] - shared / report.batch_size == pytest.approx(single["flops"][phase] - own)
+            assert mine["flops"][f"baseline_{phase}"] == pytest.approx(single["flops"][f"baseline_{phase}"])
+    with pytest.raises(IndexError, match="sample 3 of a report of 3"):
+        report.sample_summary(3)
+
+
+def test_a_sample_summary_at_batch_one_is_the_report():
+    model = tiny_model("eager")
+    with tp.prune(model, "st3") as session:
+        greedy(model, inputs("single", "eager"), STEPS)
+    report = session.report
+    summary, flops, kv = report.sample_summary(0), report.flops(), report.kv_bytes()
+    assert summary["flops"] == {k: flops[k] for k in ("prefill", "decode", "baseline_prefill", "baseline_decode")}
+    assert summary["total_flops_ratio"] == flops["total_ratio"]
+    per_entry = report.arch.kv_values_per_entry() * report.kv_dtype_bytes
+    for part in ("visual", "total"):  # batch 1, no padding: the tensors hold exactly the real entries
+        assert summary["kv_entries"][part]["mean"] * per_entry == pytest.approx(kv[part]["mean"])
+        assert summary["kv_entries"][part]["baseline_mean"] * per_entry == pytest.approx(kv[part]["baseline_mean"])
+    assert summary["visual_tokens_per_layer"] == [layer[0] for layer in report.prefill_visual_tokens]

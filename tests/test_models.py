@@ -129,12 +129,12 @@ def test_errors(tmp_path):
     )
     PaliGemmaForConditionalGeneration(config).save_pretrained(other)
     build_processor(TinySpec(**SMALL)).save_pretrained(other)
-    with pytest.raises(UnsupportedModelError):
+    with pytest.raises(UnsupportedModelError, match="type 'paligemma' \\(PaliGemmaForConditionalGeneration\\)"):
         load_model(str(other))
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "nonsense"}))
-    with pytest.raises(ConfigError, match="cannot load"):
+    with pytest.raises(UnsupportedModelError, match="type 'nonsense' \\(no image-text-to-text model class"):
         load_model(str(broken))
 
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from .engine.checks import SUPPORTED_ATTENTION, SUPPORTED_DTYPES
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, UnsupportedModelError
 from .qwen_inputs import MODEL_TYPES as QWEN_MODEL_TYPES
 from .qwen_inputs import load_qwen_inputs, tiny_qwen_inputs
 from .tiny import TinySpec, build_model, build_processor, build_tokenizer, llava_config
@@ -34,6 +34,8 @@ from .tiny_qwen import QwenSpec, build_qwen_model, build_qwen_tokenizer, qwen_co
 DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in SUPPORTED_DTYPES}
 ATTENTION = SUPPORTED_ATTENTION
 LLAVA_FAMILIES = ("llava", "llava_next")
+#: inputs with one entry per prompt token, left-padded when samples are batched (`LoadedModel.batch_inputs`)
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 FAMILIES = LLAVA_FAMILIES + QWEN_FAMILIES
 FAMILY_NAMES = {
     "llava": "LLaVA-1.5",
@@ -104,10 +106,68 @@ class LoadedModel:
         """Batch-1 model inputs for `images` (PIL), `videos` (each a list of PIL frames) and `prompt`, on the
         model's device and dtype."""
         images, videos = list(images), [list(frames) for frames in videos]
-        text = self.prompt_text(prompt, len(images), len(videos))
-        media = {"images": images or None}
+        return self._encode(images, self.prompt_text(prompt, len(images), len(videos)), videos)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """A conversation (Hugging Face chat messages, images as `{"type": "image"}` items of their content) in
+        the chat template of the processor or its tokenizer, ready for generation. Without a template only a
+        single user turn can be laid out (`prompt_text`)."""
+        for templater in (self.processor, getattr(self.processor, "tokenizer", None)):
+            if getattr(templater, "chat_template", None) and hasattr(templater, "apply_chat_template"):
+                return templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if len(messages) != 1 or messages[0]["role"] != "user":
+            roles = ", ".join(m["role"] for m in messages)
+            raise DataError(
+                f"the processor of {self.source} has no chat template, so only one user turn can be laid out; "
+                f"this conversation has the turns: {roles}"
+            )
+        content = messages[0]["content"]
+        if any(item["type"] == "video" for item in content):
+            raise DataError(f"the processor of {self.source} has no chat template to place a video in the prompt")
+        text = "\n".join(item["text"] for item in content if item["type"] == "text")
+        return self.prompt_text(text, sum(item["type"] == "image" for item in content))
+
+    def batch_inputs(self, samples: Sequence[tuple[Sequence[Any], str]]) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs of a batch of (images, prompt text already in the chat template) samples.
+
+        Each sample goes through the processor alone, so a sample's inputs are the same whatever shares its
+        batch; token-level tensors are then left-padded (pad token, mask 0) and the image tensors concatenated,
+        trailing sizes zero-padded to the batch's largest (LLaVA-NeXT's crops per image differ with the aspect
+        ratio; the model reads the real count from `image_sizes`)."""
+        if not samples:
+            raise DataError("an empty batch has no inputs")
+        encoded = [self._encode(images, text) for images, text in samples]
+        length = max(e["input_ids"].shape[1] for e in encoded)
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        out = {}
+        for key in encoded[0]:
+            values = [e[key] for e in encoded]
+            if key in TOKEN_KEYS:
+                fill = pad_id if key == "input_ids" else 0
+                out[key] = torch.cat([torch.nn.functional.pad(v, (length - v.shape[1], 0), value=fill) for v in values])
+                continue
+            present = [v for v in values if v is not None]
+            if len(present) != len(values):
+                raise DataError(f"some samples of the batch have {key} and others not; batch samples alike")
+            sizes = [max(v.shape[d] for v in present) for d in range(1, present[0].dim())]
+            padded = []
+            for v in present:
+                pad = []
+                for d in reversed(range(1, v.dim())):
+                    pad += [0, sizes[d - 1] - v.shape[d]]
+                padded.append(torch.nn.functional.pad(v, pad) if any(pad) else v)
+            out[key] = torch.cat(padded)
+        return out
+
+    def _encode(
+        self, images: Sequence[Any], text: str, videos: Sequence[Sequence[Any]] = ()
+    ) -> dict[str, torch.Tensor]:
+        """Batch-1 inputs of `images`, `videos` and `text` (already in the chat template) on the model's device
+        and dtype (pixel values in the model's dtype)."""
+        media = {"images": list(images) or None}
         if videos:
-            media["videos"] = videos
+            media["videos"] = [list(frames) for frames in videos]
         try:
             encoded = self.processor(**media, text=text, return_tensors="pt")
         except Exception as exc:  # noqa: BLE001 - any processor failure becomes one clear error
@@ -240,6 +300,7 @@ def _load_directory(source: str, device: torch.device, dtype: torch.dtype, attn:
             f"{source} is not a Hugging Face model directory (no config.json); "
             "give the folder written by save_pretrained() or downloaded from the Hub"
         )
+    _check_served(directory, source)
     with _quiet_transformers():
         try:
             processor = AutoProcessor.from_pretrained(directory)
@@ -262,6 +323,26 @@ def _load_directory(source: str, device: torch.device, dtype: torch.dtype, attn:
         description=f"{directory.resolve().name} ({type(model).__name__}, {layers} layers)",
         num_layers=layers,
     )
+
+
+def _check_served(directory: Path, source: str) -> None:
+    """UnsupportedModelError, before anything is loaded, for a directory whose model class no adapter serves
+    (its config's model_type names the class `AutoModelForImageTextToText` would build)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from . import registry
+
+    try:
+        model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return  # transformers' loading says what is wrong with the file
+    served = {name for adapter in registry.adapters() for name in adapter.model_classes}
+    found = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type)
+    if found not in served:
+        what = found or "no image-text-to-text model class of transformers"
+        raise UnsupportedModelError(
+            f"{source} holds a model of type {model_type!r} ({what}); tokenprune serves {', '.join(sorted(served))}"
+        )
 
 
 def _qwen_fallback(directory: Path, source: str, error: Exception):

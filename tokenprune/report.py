@@ -276,6 +276,66 @@ class Report:
 
         return {"total": summary(total, base_total), "visual": summary(visual, base_visual)}
 
+    # ------------------------------------------------------------------------------------ one sample
+    def sample_summary(self, b: int) -> dict:
+        """What sample `b` of the batch kept and what that saved, vs the same sample unpruned: its tokens, FLOPs
+        and KV entries (its own real tokens, so a sample's summary does not depend on the samples padded beside
+        it). The batch's logit rows and scoring FLOPs are shared equally among its samples, so the summaries of
+        a batch add up to `flops()`; KV entries are means over the steps (0 = right after prefill), as
+        `kv_bytes()`'s means, counted in entries rather than bytes."""
+        if not 0 <= b < self.batch_size:
+            raise IndexError(f"sample {b} of a report of {self.batch_size} sample(s)")
+        a, share = self.arch, 1 / self.batch_size
+        tokens = [layer[b] for layer in self.prefill_tokens]
+        lm_head = a.lm_head_flops_per_row()
+        prefill = sum(a.prefill_layer_flops(n) for n in tokens)
+        prefill += share * (self.logit_rows["prefill"] * lm_head + self.scoring_flops["prefill"])
+        baseline_prefill = a.layers * a.prefill_layer_flops(self.prompt_tokens[b])
+        baseline_prefill += share * self.logit_rows["prefill"] * lm_head
+        attn, linear = a.attention_flops_per_pair(), a.linear_flops_per_token()
+
+        def decode_flops(queries: int, entries: int) -> int:  # as in `flops()`
+            return queries * linear + attn * (queries * (entries - queries) + queries * (queries + 1) // 2)
+
+        decode = share * (self.logit_rows["decode"] * lm_head + self.scoring_flops["decode"])
+        baseline_decode = share * self.logit_rows["decode"] * lm_head
+        seen = self.prompt_tokens[b]
+        visual, total, base_total = [], [], []
+        for step, (vis, entries, _, queries, _) in enumerate(self._steps):
+            entries_b = entries[:, b].tolist()
+            if step:
+                q = int(queries[b])
+                decode += sum(decode_flops(q, e) for e in entries_b)
+                seen += q
+                baseline_decode += a.layers * decode_flops(q, seen)
+            visual.append(int(vis[:, b].sum()))
+            total.append(sum(entries_b))
+            base_total.append(a.layers * seen)
+        base_visual = a.layers * self.visual_tokens[b]
+        mean = (lambda values: sum(values) / len(values)) if self._steps else (lambda values: 0.0)
+        kv = {
+            "visual": {"mean": mean(visual), "baseline_mean": float(base_visual)},
+            "total": {"mean": mean(total), "baseline_mean": mean(base_total)},
+        }
+        return {
+            "prompt_tokens": self.prompt_tokens[b],
+            "visual_tokens": self.visual_tokens[b],
+            "visual_tokens_per_layer": [layer[b] for layer in self.prefill_visual_tokens],
+            "equivalent_visual_tokens": self.equivalent_visual_tokens[b],
+            "decode_steps": self.decode_steps,
+            "flops": {
+                "prefill": prefill,
+                "decode": decode,
+                "baseline_prefill": baseline_prefill,
+                "baseline_decode": baseline_decode,
+            },
+            "prefill_flops_ratio": ratio(prefill, baseline_prefill),
+            "total_flops_ratio": ratio(prefill + decode, baseline_prefill + baseline_decode),
+            "kv_entries": kv,
+            "visual_kv_ratio": ratio(kv["visual"]["mean"], kv["visual"]["baseline_mean"]),
+            "total_kv_ratio": ratio(kv["total"]["mean"], kv["total"]["baseline_mean"]),
+        }
+
     # ------------------------------------------------------------------------------------ export
     def to_dict(self) -> dict:
         return {
