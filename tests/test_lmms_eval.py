@@ -155,8 +155,13 @@ def st3_run(setup) -> Run:
     return setup.run("st3", "strategy=st3")
 
 
-def test_baseline_run_reproduces_the_unpruned_model(setup):
-    run = setup.run("none", "strategy=none", "--force_simple")
+@pytest.fixture(scope="module")
+def baseline_run(setup) -> Run:
+    return setup.run("none", "strategy=none", "--force_simple")
+
+
+def test_baseline_run_reproduces_the_unpruned_model(setup, baseline_run):
+    run = baseline_run
     assert run.texts() == setup.base
     assert run.metric() == setup.expected_exact_match(setup.base)
     assert run.results["config"]["model_backend"].endswith("TokenpruneModel (simple)")
@@ -287,3 +292,19 @@ def test_a_directory_of_an_unsupported_family_is_refused(tmp_path):
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     with pytest.raises(tp.UnsupportedModelError, match="holds a model of type 'llama' .*tokenprune serves Llava"):
         TokenpruneModel(pretrained=str(tmp_path), strategy="st3", device="cpu")
+
+
+def test_compare_puts_lmms_eval_runs_side_by_side(setup, baseline_run, st3_run, tmp_path):
+    from tokenprune.cli import main
+    from tokenprune.lmms_results import read_run
+
+    assert main(["compare", "--lmms-eval", str(baseline_run.out), str(st3_run.out), "--out", str(tmp_path)]) == 0
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    assert lines[0].startswith(f"| Run | {TASK} exact_match | Prefill FLOPs %")
+    base, st3 = (line.split(" | ") for line in lines[2:])
+    assert base[0] == "| strategy=none" and st3[0] == "| strategy=st3"
+    assert float(base[1]) == baseline_run.metric() and float(st3[1]) == st3_run.metric()
+    assert base[2] == "100.0" and float(st3[2]) == round(100 * st3_run.summary()["prefill_flops_ratio"], 1)
+    with pytest.raises(tp.DataError, match="no lmms-eval results file"):
+        read_run(tmp_path / "nothing")
+    assert main(["compare", "--lmms-eval", str(tmp_path / "nothing")]) == 2

@@ -598,7 +598,13 @@ def markdown(results: dict) -> str:
 
 # ------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="comparison config (.yaml, .yml or .toml)")
+    parser.add_argument("config", metavar="CONFIG", nargs="?", help="comparison config (.yaml, .yml or .toml)")
+    parser.add_argument(
+        "--lmms-eval",
+        metavar="DIR",
+        nargs="+",
+        help="instead of a config: lmms-eval output folders of tokenprune runs, put side by side in one table",
+    )
     parser.add_argument(
         "--out", metavar="DIR", help="output folder (default: the config's `output`, else ./compare-out)"
     )
@@ -606,6 +612,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
+    if args.lmms_eval:
+        return _lmms_eval_table(args, console)
+    if args.config is None:
+        raise ConfigError("give a comparison config, or lmms-eval output folders with --lmms-eval DIR ...")
     config = load_config(args.config)
     out = Path(args.out or config.output or "compare-out")
     comparison = Comparison(config, out, force=args.force, source=args.config, console=console)
@@ -622,3 +632,16 @@ def command(args: argparse.Namespace, console: Console) -> int:
         table.add_row(*cells)
     console.print(table)
     return 1 if any(r.get("error") for r in results["rows"]) else 0
+
+
+def _lmms_eval_table(args: argparse.Namespace, console: Console) -> int:
+    from . import lmms_results
+
+    if args.config is not None:
+        raise ConfigError("give either a comparison config or --lmms-eval folders, not both")
+    table = lmms_results.markdown([lmms_results.read_run(folder) for folder in args.lmms_eval])
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "results.md").write_text(table)
+    console.print(table, markup=False, highlight=False)
+    return 0
