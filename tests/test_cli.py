@@ -201,7 +201,7 @@ def test_token_clock_times_a_real_generate():
 # ----------------------------------------------------------------------------------------- docs in sync
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 DEMO_LINE = "pip install torch==2.13.0 && pip install -e . && tokenprune demo"
-TEST_LINE = 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest -q'
+TEST_LINE = 'pip install -e ".[test]" torch==2.13.0 && pip uninstall -y torchvision && python -m pytest -q'
 
 
 def test_readme_setup_lines_and_ci_script_agree():

@@ -308,3 +308,22 @@ def test_compare_puts_lmms_eval_runs_side_by_side(setup, baseline_run, st3_run, 
     with pytest.raises(tp.DataError, match="no lmms-eval results file"):
         read_run(tmp_path / "nothing")
     assert main(["compare", "--lmms-eval", str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_vl", "qwen3_vl"])
+def test_the_other_families_through_lmms_eval(family, tmp_path):
+    """LLaVA-NeXT (crops per image differ with the aspect ratio, so a batch pads them), Qwen2-VL, Qwen3-VL: ST3
+    through lmms-eval equals tokenprune in process, and a batch of 4 equals the documents one by one."""
+    setup = Setup(tmp_path, family)
+    single = setup.run("st3", "strategy=st3")
+    assert single.texts() == setup.st3
+    assert single.metric() == setup.expected_exact_match(setup.st3)
+    for rec, report in zip(single.records(), setup.reports, strict=True):
+        expected = report.sample_summary(0)
+        assert {k: rec[k] for k in expected} == expected
+    batched = setup.run("st3-b4", "strategy=st3", "--batch_size", "4")
+    assert batched.texts() == single.texts()
+    for rec, one in zip(batched.records(), single.records(), strict=True):
+        for key in ("visual_tokens", "visual_tokens_per_layer", "kv_entries", "prompt_tokens", "new_tokens"):
+            assert rec[key] == one[key]

@@ -15,12 +15,13 @@ from pathlib import Path
 from .errors import DataError
 
 PREFIX = "avg_tokenprune_"
+#: (title, aggregate key, scale, decimals)
 COLUMNS = (
-    ("Prefill FLOPs %", "prefill_flops_ratio", 100),
-    ("Total FLOPs %", "total_flops_ratio", 100),
-    ("Visual KV %", "visual_kv_ratio", 100),
-    ("Equiv. visual tokens", "equivalent_visual_tokens", 1),
-    ("Time ratio (paired)", "time_ratio", 1),
+    ("Prefill FLOPs %", "prefill_flops_ratio", 100, 1),
+    ("Total FLOPs %", "total_flops_ratio", 100, 1),
+    ("Visual KV %", "visual_kv_ratio", 100, 1),
+    ("Equiv. visual tokens", "equivalent_visual_tokens", 1, 1),
+    ("Time ratio (paired)", "time_ratio", 1, 3),
 )
 
 
@@ -51,12 +52,12 @@ def _label(model_args: str) -> str:
 
 def markdown(runs: list[dict]) -> str:
     metric_names = sorted({name for run in runs for name in run["metrics"]})
-    header = ["Run", *metric_names, *(title for title, _, _ in COLUMNS)]
+    header = ["Run", *metric_names, *(title for title, *_ in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         cells = [run["label"]]
         cells += [_fmt(run["metrics"].get(name), 1, 4) for name in metric_names]
-        cells += [_fmt(run["pruning"].get(key), scale, 1 if scale == 100 else 3) for _, key, scale in COLUMNS]
+        cells += [_fmt(run["pruning"].get(key), scale, digits) for _, key, scale, digits in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
