@@ -23,7 +23,7 @@ doc_to_text: !function utils.doc_to_text
 doc_to_target: answer
 generation_kwargs:
   max_new_tokens: {max_new_tokens}
-  until: ["\\n\\n"]
+  until: {until}
 process_results: !function utils.process_results
 metric_list:
   - metric: exact_match
@@ -48,7 +48,7 @@ def process_results(doc, results):
 """
 
 
-def write_task(root: Path, samples: int = 4, max_new_tokens: int = 6, images_per_doc=None) -> Path:
+def write_task(root: Path, samples: int = 4, max_new_tokens: int = 6, images_per_doc=None, until=("\n\n",)) -> Path:
     """The task folder (give it to lmms-eval's --include_path): `samples` documents, each a picture of a
     colored shape of its own size (so the samples' prompts differ) and a question about its color."""
     root = Path(root)
@@ -69,6 +69,8 @@ def write_task(root: Path, samples: int = 4, max_new_tokens: int = 6, images_per
         rows.append({"id": i, "images": paths, "question": "What color is the shape?", "answer": color})
     data = root / "docs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / f"{TASK}.yaml").write_text(YAML.format(task=TASK, data=data, max_new_tokens=max_new_tokens))
+    (root / f"{TASK}.yaml").write_text(
+        YAML.format(task=TASK, data=data, max_new_tokens=max_new_tokens, until=json.dumps(list(until)))
+    )
     (root / "utils.py").write_text(UTILS)
     return root

@@ -85,7 +85,7 @@ class Setup:
     def expected_exact_match(self, texts: list[str]) -> float:
         return sum(t.strip().lower() == a.strip().lower() for t, a in zip(texts, self.answers, strict=True)) / SAMPLES
 
-    def run(self, name: str, model_args: str, *extra: str, processes: int = 1) -> "Run":
+    def run(self, name: str, model_args: str, *extra: str, processes: int = 1, task: Path | None = None) -> "Run":
         out = self.root / name
         command = [sys.executable, "-m", "lmms_eval"]
         if processes > 1:
@@ -102,7 +102,7 @@ class Setup:
             command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
             command += ["--main_process_port", str(_free_port()), "-m", "lmms_eval"]
         command += ["--model", "tokenprune", "--model_args", f"pretrained={self.model_dir},{model_args}"]
-        command += ["--tasks", TASK, "--include_path", str(self.task), "--device", "cpu"]
+        command += ["--tasks", TASK, "--include_path", str(task or self.task), "--device", "cpu"]
         command += ["--output_path", str(out), "--log_samples", *extra]
         done = subprocess.run(command, capture_output=True, text=True, env=_env(self.root / "hf"), timeout=600)
         return Run(out, done.stdout + done.stderr)
@@ -327,3 +327,15 @@ def test_the_other_families_through_lmms_eval(family, tmp_path):
     for rec, one in zip(batched.records(), single.records(), strict=True):
         for key in ("visual_tokens", "visual_tokens_per_layer", "kv_entries", "prompt_tokens", "new_tokens"):
             assert rec[key] == one[key]
+
+
+def test_generation_stops_at_the_tasks_stop_string(setup):
+    """A stop string taken from the middle of document 0's ST3 text: generation of that document ends there (fewer
+    tokens) and its text is what came before; documents without it are unchanged."""
+    stop = " " + setup.st3[0].split()[2]
+    task = write_task(setup.root / "stop-task", SAMPLES, NEW_TOKENS, until=[stop])
+    (task / "docs.jsonl").write_text((setup.task / "docs.jsonl").read_text())
+    run = setup.run("st3-stop", "strategy=st3", task=task)
+    assert run.texts() == [text.split(stop, 1)[0].strip() for text in setup.st3]
+    assert run.texts()[0] != setup.st3[0]
+    assert run.records()[0]["new_tokens"] < len(setup.tokens["st3"][0])

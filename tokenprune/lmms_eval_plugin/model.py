@@ -259,7 +259,7 @@ class TokenpruneModel(lmms):
         settings, until = self._settings(batch[0])
         length = inputs["input_ids"].shape[1]
         if until:  # each sample stops at its first stop string (and its text is cut there)
-            settings["stopping_criteria"] = StoppingCriteriaList([StopStrings(until, length, self.loaded.decode)])
+            settings["stopping_criteria"] = StoppingCriteriaList([StopStrings(until, length, self._text)])
         runs = {}
         self.batches_run += 1
         order = ("pruned", "baseline") if self.batches_run % 2 else ("baseline", "pruned")
@@ -270,7 +270,7 @@ class TokenpruneModel(lmms):
         results = []
         for b, sample in enumerate(batch):
             new = _generated(tokens[b, length:], self.tokenizer)
-            text = _cut(self.loaded.decode(new), until)
+            text = _cut(self._text(new), until).strip()
             if report is not None:
                 rec = report.sample_summary(b)
             else:
@@ -328,6 +328,12 @@ class TokenpruneModel(lmms):
             "pad_token_id": self.tokenizer.pad_token_id,
         }
         return settings, until
+
+    def _text(self, token_ids) -> str:
+        """Generated text as it is, whitespace kept (a stop string may be whitespace), special tokens skipped."""
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _visual_tokens(self, inputs: dict) -> list[int]:
         """Prunable visual tokens of each sample, as the adapter finds them (what a pruned run's report counts)."""
