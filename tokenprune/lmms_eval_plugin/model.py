@@ -355,7 +355,9 @@ def _gathered(records: list[dict]) -> list[dict]:
 def _generated(row: torch.Tensor, tokenizer) -> list[int]:
     """The generated tokens of one sample, without the padding after its end."""
     tokens = row.tolist()
-    pad = tokenizer.pad_token_id
+    pad = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )  # what generate pads with
     while tokens and pad is not None and tokens[-1] == pad:
         tokens.pop()
     return tokens
