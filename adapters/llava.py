@@ -125,13 +125,8 @@ class LlavaAdapter(ModelAdapter):
 
 
 def _no_images(placeholders: torch.Tensor, image_token_id: int) -> None:
-    """A prompt without images must not contain placeholders: they would run as text, unpruned."""
-    found = int(placeholders.sum())
-    if found:
-        raise UnsupportedInputError(
-            f"the input has {found} image placeholder tokens (image_token_id={image_token_id}) but no "
-            "pixel_values; pass the images the processor made (or remove the placeholders for a text-only prompt)"
-        )
+    """A prompt without images is text to transformers, placeholders included (they embed as ordinary tokens):
+    nothing to prune, so it runs untouched, as it would without tokenprune."""
     return None
 
 

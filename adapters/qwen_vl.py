@@ -68,20 +68,22 @@ class QwenVLAdapter(ModelAdapter):
     def visual_tokens(self, model: torch.nn.Module, kwargs: dict) -> VisualTokens | None:
         config = model.config
         merge = config.vision_config.spatial_merge_size
-        found = {}
+        found, missing = {}, []
         for modality, token_id in (("image", config.image_token_id), ("video", config.video_token_id)):
             placeholders = placeholder_mask(model.model, kwargs, token_id)
             counts = _feature_counts(kwargs, modality, merge)
             if counts is None:
-                _no_features(placeholders, modality, token_id)
+                missing.append((placeholders, modality, token_id))
                 continue
             prunable = self.options.prune in ("both", f"{modality}s")
             layout = image_layout(placeholders, counts, None, token_id, kind=modality)
             if not prunable:
                 layout.prunable.zero_()
             found[modality] = layout
-        if not found:
+        if not found:  # no image and no video: text to transformers, placeholders included; untouched
             return None
+        for placeholders, modality, token_id in missing:
+            _no_features(placeholders, modality, token_id)
         _check_positions(model, kwargs)
         image, video = found.get("image"), found.get("video")
         any_layout = image or video
@@ -137,13 +139,15 @@ def _feature_counts(kwargs: dict, modality: str, merge: int) -> list[int] | None
 
 
 def _no_features(placeholders: torch.Tensor, modality: str, token_id: int) -> None:
-    """Placeholders without their pixels would run as text, unpruned (and the model itself may fail)."""
+    """Placeholders of one modality without its pixels, beside the other modality's features: transformers
+    cannot lay out the multimodal positions of such an input either (it fails inside its rope index)."""
     found = int(placeholders.sum())
     if found:
         pixels = _INPUTS[modality][0]
         raise UnsupportedInputError(
             f"the input has {found} {modality} placeholder tokens ({modality}_token_id={token_id}) but no "
-            f"{pixels}; pass the {modality}s the processor made (or remove the placeholders)"
+            f"{pixels}, beside other visual inputs (the model itself cannot run this); pass the {modality}s the "
+            "processor made, or remove the placeholders"
         )
 
 

@@ -22,20 +22,20 @@ def assert_untouched(model, data, before_hooks, before_out):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_placeholders_without_pixel_values(family):
+def test_placeholders_without_any_image_run_as_text_untouched(family):
+    """transformers runs image placeholders without pixel values as ordinary text tokens; so does a pruned model,
+    bit for bit, with no hook doing anything (no report)."""
     model = tiny_model(family=family)
     data = inputs("padded", family=family)
-    before, before_hooks = greedy(model, data, 4), hooks(model)
-    text = {k: data[k] for k in ("input_ids", "attention_mask")}
-    token = model.config.image_token_id
-    with tp.prune(model, "st3"):
-        with pytest.raises(
-            tp.UnsupportedInputError, match=rf"image placeholder tokens \(image_token_id={token}\) but no pixel_values"
-        ):
-            model.generate(**text, max_new_tokens=3)
-        with pytest.raises(tp.UnsupportedInputError, match="no pixel_values"):
-            model(**text)
-    assert_untouched(model, data, before_hooks, before)
+    text = {k: data[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in data}
+    assert bool((data["input_ids"] == model.config.image_token_id).any())
+    plain, plain_logits = greedy(model, text, 4), model(**text).logits
+    with tp.prune(model, "st3") as run:
+        pruned, pruned_logits = greedy(model, text, 4), model(**text).logits
+    assert torch.equal(pruned.sequences, plain.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(pruned.logits, plain.logits, strict=True))
+    assert torch.equal(pruned_logits, plain_logits)
+    assert run.reports == []
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -254,3 +254,58 @@ def test_the_same_model_from_a_second_thread_is_refused():
         release.set()
         holder.join()
     assert seen and hooks(model) == hooks(tiny_model())
+
+
+@pytest.mark.parametrize("kind", ["single", "padded"])
+def test_a_static_cache_is_refused_for_what_it_is(kind):
+    """generate(cache_implementation="static") (also what its compiled path uses) is refused naming the static
+    cache, also for a padded batch, whose 4D mask the static path builds (checked after the cache type)."""
+    model = tiny_model()
+    data = inputs(kind)
+    before, before_hooks = greedy(model, data, 4), hooks(model)
+    with tp.prune(model, "st3"):
+        with pytest.raises(tp.UnsupportedInputError, match=r"a StaticCache \(cache_implementation='static'"):
+            model.generate(**data, max_new_tokens=3, cache_implementation="static")
+    assert_untouched(model, data, before_hooks, before)
+
+
+@pytest.mark.parametrize("mode", ["assistant", "prompt_lookup"])
+def test_assisted_and_prompt_lookup_decoding_are_refused_naming_them(mode):
+    """Both crop the cache; the refusal names them (not the assistant's text-only prefill), and the model is
+    left as it was."""
+    model = tiny_model()
+    data = inputs("single")
+    before, before_hooks = greedy(model, data, 4), hooks(model)
+    extra = {"assistant_model": tiny_model(seed=1)} if mode == "assistant" else {"prompt_lookup_num_tokens": 3}
+    with tp.prune(model, "fastv"):
+        with pytest.raises(
+            tp.UnsupportedInputError, match=r"assisted decoding \(assistant_model=...\) and prompt-lookup"
+        ):
+            model.generate(**data, max_new_tokens=5, do_sample=False, **extra)
+    assert_untouched(model, data, before_hooks, before)
+
+
+def test_output_attentions_and_hidden_states_have_the_kept_shapes():
+    """What docs/usage.md ("generate() modes") says: after a cut, attentions and hidden states hold the kept tokens,
+    not the prompt's; the last hidden state is back at the prompt length."""
+    model = tiny_model("eager")
+    data = inputs("single", "eager")
+    length = data["input_ids"].shape[1]
+    with tp.prune(model, "fastv", k=2, ratio=0.5) as run:
+        out = model.generate(
+            **data,
+            max_new_tokens=3,
+            do_sample=False,
+            output_attentions=True,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+        )
+    kept = run.report.prefill_tokens[2][0]
+    assert kept < length
+    layers = len(out.attentions[0])
+    heads = out.attentions[0][0].shape[1]
+    assert [a.shape[-2:] for a in out.attentions[0]] == [(length, length)] * 2 + [(kept, kept)] * (layers - 2)
+    assert [a.shape[-2:] for a in out.attentions[1]] == [(1, length + 1)] * 2 + [(1, kept + 1)] * (layers - 2)
+    assert all(a.shape[:2] == (1, heads) for a in out.attentions[1])
+    hidden = [h.shape[1] for h in out.hidden_states[0]]
+    assert hidden == [length] * 3 + [kept] * (layers - 3) + [length]  # embeddings, layers 0-1, 2-4, final norm

@@ -263,8 +263,9 @@ class PrunableLayer(DynamicLayer):
 
     def crop(self, tokens_to_remove: int) -> None:
         raise UnsupportedInputError(
-            "cropping a pruned KV cache (assisted / speculative decoding) is not supported inside "
-            "tokenprune.prune(); use greedy, sampling or beam search"
+            "generate() asked to crop the pruned KV cache, which only assisted decoding (assistant_model=...) and "
+            "prompt-lookup decoding (prompt_lookup_num_tokens=...) do; they are not served inside "
+            "tokenprune.prune() yet: generate without them (greedy, sampling and beam search are served)"
         )
 
 
@@ -350,15 +351,31 @@ class PrunableCache(DynamicCache):
         """
         if cache is None:
             return cls(num_layers)
-        if type(cache) is DynamicCache and cache.get_seq_length() == 0 and not cache.offloading:
+        cls.check_adoptable(cache)
+        if type(cache) is DynamicCache:
             cache.__class__ = cls
-        elif not (isinstance(cache, PrunableCache) and cache.processed == 0):
-            raise UnsupportedInputError(
-                f"{type(cache).__name__} cannot hold per-layer pruned entries; pass no cache (generate makes one) "
-                "or an empty, non-offloaded DynamicCache"
-            )
         cache._make_prunable(num_layers)
         return cache
+
+    @classmethod
+    def check_adoptable(cls, cache: Cache | None) -> None:
+        """UnsupportedInputError, naming the cause, for a cache a prefill cannot prune into (checked before
+        anything else of the inputs, so the message says what is really wrong)."""
+        if cache is None or (isinstance(cache, PrunableCache) and cache.processed == 0):
+            return
+        if type(cache) is DynamicCache and cache.get_seq_length() == 0 and not cache.offloading:
+            return
+        name = type(cache).__name__
+        if any(type(layer).__name__.startswith("Static") for layer in getattr(cache, "layers", [])) or "Static" in name:
+            raise UnsupportedInputError(
+                f"a {name} (cache_implementation='static', which generate's compiled path also uses) gives every "
+                "layer the same fixed slots, while pruned layers hold different entries; tokenprune serves the "
+                "default dynamic cache: drop cache_implementation='static' / compile_config from generate()"
+            )
+        raise UnsupportedInputError(
+            f"{name} cannot hold per-layer pruned entries; pass no cache (generate makes one) "
+            "or an empty, non-offloaded DynamicCache"
+        )
 
     def close(self) -> None:
         """The pruning context that filled this cache ended: its layers hold different entries, so only that

@@ -187,6 +187,8 @@ class Prefill(Phase):
     ) -> "Prefill":
         bsz, length = tokens.prunable.shape
         device = tokens.prunable.device
+        if use_cache:  # first: a static cache brings its own 4D mask, which is not the user's doing
+            PrunableCache.check_adoptable(kwargs.get("past_key_values"))
         valid = prompt_validity(kwargs.get("attention_mask"), tokens.prunable.shape, device)
         visual = tokens.prunable & valid
         visual[:, -1] = False  # the last prompt token produces the next token: never removed
