@@ -269,22 +269,6 @@ def test_a_static_cache_is_refused_for_what_it_is(kind):
     assert_untouched(model, data, before_hooks, before)
 
 
-@pytest.mark.parametrize("mode", ["assistant", "prompt_lookup"])
-def test_assisted_and_prompt_lookup_decoding_are_refused_naming_them(mode):
-    """Both crop the cache; the refusal names them (not the assistant's text-only prefill), and the model is
-    left as it was."""
-    model = tiny_model()
-    data = inputs("single")
-    before, before_hooks = greedy(model, data, 4), hooks(model)
-    extra = {"assistant_model": tiny_model(seed=1)} if mode == "assistant" else {"prompt_lookup_num_tokens": 3}
-    with tp.prune(model, "fastv"):
-        with pytest.raises(
-            tp.UnsupportedInputError, match=r"assisted decoding \(assistant_model=...\) and prompt-lookup"
-        ):
-            model.generate(**data, max_new_tokens=5, do_sample=False, **extra)
-    assert_untouched(model, data, before_hooks, before)
-
-
 def test_output_attentions_and_hidden_states_have_the_kept_shapes():
     """What docs/usage.md ("generate() modes") says: after a cut, attentions and hidden states hold the kept tokens,
     not the prompt's; the last hidden state is back at the prompt length."""

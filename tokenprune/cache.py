@@ -84,6 +84,12 @@ class _Tail:
             self.positions, self.valid = fn(self.positions), fn(self.valid)
         self._copies.clear()
 
+    def truncate(self, columns: int) -> None:
+        """Drop the last `columns` tokens (a crop)."""
+        keep = self.length - columns
+        self.positions, self.valid = self.positions[:, :keep], self.valid[:, :keep]
+        self._copies.clear()
+
 
 class ScoreWindow:
     """What the decode steps since the last eviction round leave for the next round to score: for each step,
@@ -97,18 +103,37 @@ class ScoreWindow:
         self.clear()
 
     def clear(self) -> None:
-        self.queries: list[list[torch.Tensor]] = []  # step -> layer (in `layers` order) -> (B, H*Dh)
-        self.rotary: list[tuple[torch.Tensor, torch.Tensor]] = []  # step -> (cos, sin), (B, 1, Dh) each
-        self.columns: list[int] = []  # step -> new tokens
+        # step -> layer (in `layers` order) -> (B, H*Dh); None for a step whose last token was cropped
+        self.queries: list[list[torch.Tensor] | None] = []
+        self.rotary: list[tuple[torch.Tensor, torch.Tensor] | None] = []  # step -> (cos, sin), (B, 1, Dh) each
+        self.columns: list[int] = []  # step -> new tokens (still held)
 
     def add(self, queries: list[torch.Tensor], rotary: tuple, columns: int) -> None:
         self.queries.append(queries)
         self.rotary.append(tuple(rotary))
         self.columns.append(columns)
 
+    @property
+    def has_queries(self) -> bool:
+        return any(step is not None for step in self.queries)
+
+    def crop(self, columns: int) -> None:
+        """The last `columns` tokens left the cache (assisted or prompt-lookup decoding rejected them): steps
+        wholly removed leave the window; a step partly removed keeps its remaining tokens (which later
+        queries see) but loses its query, whose token is gone."""
+        while columns > 0 and self.columns:
+            if self.columns[-1] <= columns:
+                columns -= self.columns.pop()
+                self.queries.pop()
+                self.rotary.pop()
+            else:
+                self.columns[-1] -= columns
+                self.queries[-1] = self.rotary[-1] = None
+                columns = 0
+
     def index_batch(self, fn) -> None:
-        self.queries = [[fn(q) for q in step] for step in self.queries]
-        self.rotary = [tuple(fn(t) for t in rows) for rows in self.rotary]
+        self.queries = [None if step is None else [fn(q) for q in step] for step in self.queries]
+        self.rotary = [None if rows is None else tuple(fn(t) for t in rows) for rows in self.rotary]
 
 
 class PrunableLayer(DynamicLayer):
@@ -236,6 +261,20 @@ class PrunableLayer(DynamicLayer):
         self.pruned = True
         self.all_valid = bool((held == length).all())
 
+    def crop_last(self, columns: int) -> None:
+        """Remove the last `columns` entries: tokens after the prompt (always the last entries, in order, also
+        after compactions, which may have moved some of them into the head)."""
+        if not self.is_initialized or columns <= 0:
+            return
+        in_head = columns - self.held_tail
+        self.keys, self.values = self.keys[:, :, :-columns], self.values[:, :, :-columns]
+        if in_head > 0:  # the head ends with its compacted tail tokens (`tail_from` of them), after the prompt's
+            for name in _HEAD:
+                value = getattr(self, name)
+                if value is not None:  # scores: only under a decay
+                    setattr(self, name, value[:, :-in_head])
+            self.tail_from -= min(in_head, self.tail_from)
+
     # ------------------------------------------------------------------------------------ batch operations
     def _index_batch(self, fn) -> None:
         for name in _HEAD:
@@ -263,9 +302,7 @@ class PrunableLayer(DynamicLayer):
 
     def crop(self, tokens_to_remove: int) -> None:
         raise UnsupportedInputError(
-            "generate() asked to crop the pruned KV cache, which only assisted decoding (assistant_model=...) and "
-            "prompt-lookup decoding (prompt_lookup_num_tokens=...) do; they are not served inside "
-            "tokenprune.prune() yet: generate without them (greedy, sampling and beam search are served)"
+            "a pruned cache is cropped as a whole (PrunableCache.crop), which keeps its shared metadata right"
         )
 
 
@@ -341,6 +378,8 @@ class PrunableCache(DynamicCache):
         # The count tensors are replaced, never changed in place, so a report may keep them as they are.
         self.initial_visual = self.visual_count = self.entry_count = None
         self.final_visual = None  # visual entries each layer keeps at the decay's horizon (once asked for)
+        self.on_crop = None  # called with (cache, real tokens removed (host (B,)), columns) after a crop
+        self.drafts = 0  # drafted tokens at the end of the prompt still open to a crop (assisted decoding)
 
     @classmethod
     def adopt(cls, cache: Cache | None, num_layers: int) -> "PrunableCache":
@@ -403,10 +442,11 @@ class PrunableCache(DynamicCache):
         return self.layers[0].head_valid.shape[0]
 
     # ------------------------------------------------------------------------------------ host counts
-    def prefilled(self, tokens: int, visual: list, entries: list, columns: list[int]) -> None:
+    def prefilled(self, tokens: int, visual: list, entries: list, columns: list[int], drafts: int = 0) -> None:
         """A prefill of `tokens` columns filled the cache: each layer holds its visual and real entries (host,
-        (B,) each) in `columns` columns."""
+        (B,) each) in `columns` columns; the last `drafts` are drafted tokens a crop may remove."""
         self.processed += tokens
+        self.drafts = drafts
         self.initial_visual, self.entry_count = torch.stack(visual), torch.stack(entries)
         self.visual_count = self.initial_visual
         for layer, real, width in zip(self.layers, self.entry_count, columns, strict=True):
@@ -417,6 +457,7 @@ class PrunableCache(DynamicCache):
         attend to them); `real` (host, (B,)) counts them; `all_real`: none is padding (else no layer holds only
         real entries from now on)."""
         self.tail.append(positions, valid)
+        self.drafts = 0  # the prompt's drafts were verified: what is left of them stays
         self.entry_count = self.entry_count + real
         if not all_real:
             for layer in self.layers:
@@ -469,3 +510,42 @@ class PrunableCache(DynamicCache):
         self.window = ScoreWindow()
         self.initial_visual = self.visual_count = self.entry_count = self.final_visual = None
         self.processed = 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last `-tokens_to_remove` processed tokens (transformers' convention: a negative count),
+        as assisted and prompt-lookup decoding do with rejected candidates. Only generated tokens can go: they
+        are the last entries of every layer, so each layer drops its last entries; visual entries and
+        evictions are untouched. Their queries leave the score window (`ScoreWindow.crop`)."""
+        if tokens_to_remove > 0:
+            raise UnsupportedInputError(
+                f"crop({tokens_to_remove}): give the number of tokens to remove as a negative count, as "
+                "transformers does"
+            )
+        columns = -tokens_to_remove
+        if columns == 0:
+            return
+        if columns > self.tail.length + self.drafts:
+            raise UnsupportedInputError(
+                f"crop of {columns} tokens from a pruned cache holding {self.tail.length} tokens after the prompt "
+                f"(and {self.drafts} drafted ones at its end): the prompt's entries are pruned per layer and "
+                "cannot be cropped; start from an empty cache"
+            )
+        from_prompt = columns - self.tail.length if columns > self.tail.length else 0
+        if from_prompt:  # drafts of the prefill: the last entries of every layer's head, real text tokens
+            removed = self.layers[0].head_valid[:, -from_prompt:].sum(1).cpu()
+            self.drafts -= from_prompt
+            columns_from_tail = columns - from_prompt
+        else:
+            removed = torch.zeros(self.batch_size, dtype=torch.long)
+            columns_from_tail = columns
+        if columns_from_tail:
+            removed = removed + self.tail.valid[:, -columns_from_tail:].sum(1).cpu()  # real tokens per sample
+        for layer in self.layers:
+            layer.crop_last(columns)
+        if columns_from_tail:
+            self.tail.truncate(columns_from_tail)
+        self.window.crop(columns)
+        self.entry_count = self.entry_count - removed
+        self.processed -= columns
+        if self.on_crop is not None:
+            self.on_crop(self, removed, columns)

@@ -47,6 +47,9 @@ class Report:
     # is the prefill, with (None, 0) for the new tokens
     _steps: list = field(default_factory=list)
     _cuts: dict = field(default_factory=dict)
+    # step -> (real tokens removed per sample (host (B,)), columns removed, real entries after (host (Lyr, B))):
+    # a crop right after that step (assisted / prompt-lookup decoding rejecting candidates)
+    _crops: dict = field(default_factory=dict)
     _image_of: torch.Tensor | None = None  # (B, L) image of each prunable visual token of the prompt, -1 elsewhere
     _video_of: torch.Tensor | None = None  # (B, L) video of each prunable visual token of the prompt, -1 elsewhere
 
@@ -112,6 +115,20 @@ class Report:
                 new_columns,
             )
         )
+
+    def record_crop(self, cache, removed: torch.Tensor, columns: int) -> None:
+        """The cache dropped its last `columns` tokens (`removed` real ones per sample) after the latest step:
+        the unpruned baseline would have dropped them too."""
+        step = len(self._steps) - 1
+        earlier = self._crops.get(step)
+        if earlier is not None:  # two crops after one step add up
+            removed, columns = earlier[0] + removed, earlier[1] + columns
+        self._crops[step] = (removed, columns, cache.entry_count)
+
+    def _removed_after(self, step: int) -> tuple[list[int], int]:
+        """Real tokens per sample and columns cropped right after `step` (none: zeros)."""
+        crop = self._crops.get(step)
+        return ([0] * self.batch_size, 0) if crop is None else (crop[0].tolist(), crop[1])
 
     # ------------------------------------------------------------------------------------ counts
     @property
@@ -196,8 +213,11 @@ class Report:
 
     @property
     def cache_entries(self) -> list[list[int]]:
-        """[layer][sample] real KV entries held at the end."""
-        return self._steps[-1][1].tolist() if self._steps else []
+        """[layer][sample] real KV entries held at the end (after a last crop, if any)."""
+        if not self._steps:
+            return []
+        crop = self._crops.get(len(self._steps) - 1)
+        return (self._steps[-1][1] if crop is None else crop[2]).tolist()
 
     # ------------------------------------------------------------------------------------ FLOPs
     def flops(self) -> dict:
@@ -218,7 +238,8 @@ class Report:
 
         decode = baseline_decode = 0
         seen = list(self.prompt_tokens)  # real tokens of each sample an unpruned cache would hold
-        for _, entries, _, queries, _ in self._steps[1:]:
+        for step, (_, entries, _, queries, _) in enumerate(self._steps[1:], start=1):
+            seen = [s - r for s, r in zip(seen, self._removed_after(step - 1)[0], strict=True)]
             queries = queries.tolist()
             for per_layer in entries.tolist():
                 decode += sum(decode_flops(q, e) for q, e in zip(queries, per_layer, strict=True))
@@ -254,8 +275,8 @@ class Report:
         bsz = self.batch_size
         total, visual, base_total, base_visual = [], [], [], []
         columns = self.padded_length  # what an unpruned cache holds per sample, padding included
-        for vis, _, physical, _, new_columns in self._steps:
-            columns += new_columns
+        for step, (vis, _, physical, _, new_columns) in enumerate(self._steps):
+            columns += new_columns - (self._removed_after(step - 1)[1] if step else 0)
             total.append(int(physical.sum()) * bsz * per_entry)
             visual.append(int(vis.sum()) * per_entry)
             base_total.append(a.layers * bsz * columns * per_entry)
@@ -304,6 +325,7 @@ class Report:
         for step, (vis, entries, _, queries, _) in enumerate(self._steps):
             entries_b = entries[:, b].tolist()
             if step:
+                seen -= self._removed_after(step - 1)[0][b]
                 q = int(queries[b])
                 decode += sum(decode_flops(q, e) for e in entries_b)
                 seen += q

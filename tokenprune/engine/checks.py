@@ -109,6 +109,19 @@ def check_continuation(
         )
 
 
+def check_drafts(drafts: int, strategy: str, decays: bool) -> None:
+    """A forward carrying drafted tokens to verify (assisted / prompt-lookup decoding) under a decaying cache:
+    the decay counts decode forwards, and such a forward is several steps at once, which its schedule does not
+    define."""
+    if drafts and decays:
+        raise UnsupportedInputError(
+            f"assisted or prompt-lookup decoding with strategy '{strategy}': its cache decay counts decode "
+            "forwards, and a forward verifying drafted tokens is several decode steps at once, which the decay's "
+            "schedule does not define; use a strategy without cache decay (fastv, vtw, or decay='none'), or "
+            "generate without assistant_model / prompt_lookup_num_tokens"
+        )
+
+
 def continuation_validity(
     attention_mask: torch.Tensor | None, processed: int, new: int, bsz: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 from ..backbones import Backbone
 from ..cache import PrunableCache, PrunableLayer
 from ..interfaces import Strategy
-from .checks import check_continuation, check_window, continuation_validity
+from .checks import check_continuation, check_drafts, check_window, continuation_validity
 from .masks import decode_mask
 from .phase import Generation, HookSet, Phase
 from .rounds import EvictionRound, scored_layers
@@ -74,10 +74,12 @@ class DecodeStep(Phase):
         images_given: bool,
         positions: torch.Tensor | None,
         kwargs: dict,
+        drafts: int = 0,
     ) -> "DecodeStep":
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
         bsz, new = tokens.shape[:2]
         decay = strategy.decay
+        check_drafts(drafts, strategy.name, decay.active)
         check_continuation(
             images_given=images_given,
             filled_here=generation is not None,

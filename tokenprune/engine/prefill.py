@@ -31,7 +31,7 @@ from ..cache import PrunableCache, PrunableLayer, compact
 from ..errors import UnsupportedModelError
 from ..interfaces import AttentionView, LayerSchedule, Strategy, VisualTokens
 from ..report import Report
-from .checks import check_window, prompt_validity
+from .checks import check_drafts, check_window, prompt_validity
 from .masks import prefill_mask
 from .phase import Generation, HookSet, Phase
 
@@ -139,8 +139,10 @@ class Prefill(Phase):
         real: torch.Tensor,
         present: torch.Tensor,
         image_end: torch.Tensor,
+        drafts: int = 0,
     ) -> None:
         self.backbone, self.strategy, self.backend = backbone, strategy, backend
+        self.drafts = drafts  # trailing drafted tokens (assisted decoding's first forward): not scored
         self.plan, self.cut_layers = plan, frozenset(cut_layers)
         self.layout = layout
         self.cache, self.report, self.horizon = cache, report, horizon
@@ -184,9 +186,13 @@ class Prefill(Phase):
         positions: torch.Tensor | None,
         kwargs: dict,
         use_cache: bool,
+        drafts: int = 0,
     ) -> "Prefill":
+        """`drafts`: the prompt ends with that many drafted tokens to verify (assisted or prompt-lookup
+        decoding's first forward): the visual tokens are scored as for the prompt without them."""
         bsz, length = tokens.prunable.shape
         device = tokens.prunable.device
+        check_drafts(drafts, strategy.name, strategy.decay.active)
         if use_cache:  # first: a static cache brings its own 4D mask, which is not the user's doing
             PrunableCache.check_adoptable(kwargs.get("past_key_values"))
         valid = prompt_validity(kwargs.get("attention_mask"), tokens.prunable.shape, device)
@@ -238,6 +244,7 @@ class Prefill(Phase):
             real=real,
             present=total_visual,
             image_end=image_end,
+            drafts=drafts,
         )
 
     # ------------------------------------------------------------------------------------ each layer
@@ -330,14 +337,19 @@ class Prefill(Phase):
             keys = backbone.rotate(backbone.keys(self.stash["k"]), cos, sin)
         lay = self.layout.to(keys.device)  # the layer ran where its keys are
         text_after = lay.valid & ~lay.visual & (lay.source > self.image_end.to(keys.device)[:, None])
+        queries, valid, visual = backbone.queries(self.stash["q"]), lay.valid, lay.visual
+        prompt = keys.shape[2] - self.drafts  # drafts are the last entries of every layout: text, never removed
+        if self.drafts:  # scored as the prompt alone: its rows attend only to earlier ones, drafts do not count
+            queries, keys, cos, sin = queries[:, :prompt], keys[:, :, :prompt], cos[:, :prompt], sin[:, :prompt]
+            valid, visual, text_after = valid[:, :prompt], visual[:, :prompt], text_after[:, :prompt]
         view = AttentionView(
             layer=layer,
-            raw_queries=backbone.queries(self.stash["q"]),
+            raw_queries=queries,
             keys=keys,
             cos=cos,
             sin=sin,
-            key_valid=lay.valid,
-            key_visual=lay.visual,
+            key_valid=valid,
+            key_visual=visual,
             query_text_after_image=text_after,
             num_heads=backbone.num_heads,
             head_dim=backbone.head_dim,
@@ -346,6 +358,8 @@ class Prefill(Phase):
         )
         if layer + 1 in self.plan.ranked and self.strategy.score is not None:  # the cut at layer + 1 ranks by these
             self.next_scores = self.strategy.score.score(view)
+            if self.drafts:  # the drafts' columns: never visual, never ranked
+                self.next_scores = torch.nn.functional.pad(self.next_scores, (0, self.drafts))
         if self.cache is not None and self.strategy.decay.active:
             # Seed the eviction score with the last prompt token's attention at this layer.
             self.cache.layers[layer].seed_scores(view.last_query_attention())
@@ -366,7 +380,7 @@ class Prefill(Phase):
     def finish(self) -> Generation | None:
         if self.cache is None:
             return None
-        self.cache.prefilled(self.length, *zip(*self.layer_counts, strict=True))
+        self.cache.prefilled(self.length, *zip(*self.layer_counts, strict=True), drafts=self.drafts)
         self.report.record_cache(self.cache)
         return Generation(self.report, self.horizon)
 

@@ -41,27 +41,31 @@ def scored_layers(decay: CacheDecay, cache: PrunableCache, horizon: int, visual:
 def window_queries(backbone: Backbone, window: ScoreWindow, scaling: float | None) -> torch.Tensor:
     """(B, layers * H, steps, Dh) the window's queries, rotated at their own positions (and scaled, when every
     layer shares one scaling), for the window's layers in order."""
-    steps, layers = len(window.queries), len(window.layers)
+    queries = [step for step in window.queries if step is not None]
+    steps, layers = len(queries), len(window.layers)
     heads, head_dim = backbone.num_heads, backbone.head_dim
-    home = window.queries[0][0].device
-    q = torch.stack([q.to(home) for step in window.queries for q in step])  # (steps * layers, B, H*Dh)
+    home = queries[0][0].device
+    q = torch.stack([q.to(home) for step in queries for q in step])  # (steps * layers, B, H*Dh)
     bsz = q.shape[1]
     # (B, layers, H, steps, Dh) in memory, so every group's heads are one contiguous block of it
     q = q.view(steps, layers, bsz, heads, head_dim).permute(2, 1, 3, 0, 4).contiguous().view(bsz, -1, steps, head_dim)
-    cos, sin = (torch.cat([rows[k].to(home) for rows in window.rotary], 1) for k in (0, 1))  # (B, steps, Dh)
+    rotary = [rows for rows in window.rotary if rows is not None]
+    cos, sin = (torch.cat([rows[k].to(home) for rows in rotary], 1) for k in (0, 1))  # (B, steps, Dh)
     q = backbone.rotate(q, cos, sin)
     return q * scaling if scaling is not None else q
 
 
 def causal_bias(window: ScoreWindow, device: torch.device) -> torch.Tensor:
-    """(steps, width) additive bias over the window's own tokens, the last `width` columns of every layer: the
-    query of step j sees the tokens of steps up to j."""
+    """(steps with a query, width) additive bias over the window's own tokens, the last `width` columns of every
+    layer: the query of step j sees the tokens of steps up to j (a step whose query was cropped keeps its
+    remaining tokens, seen by the later queries, and has no row)."""
     steps, width = len(window.columns), sum(window.columns)
-    if width == steps:  # one token per step
+    queried = [step is not None for step in window.queries]
+    if width == steps and all(queried):  # one token per step
         return torch.full((steps, width), float("-inf"), device=device).triu(1)
-    seen = torch.tensor(list(itertools.accumulate(window.columns)), device=device)
-    hidden = torch.arange(width, device=device) >= seen[:, None]
-    return torch.zeros(steps, width, device=device).masked_fill(hidden, float("-inf"))
+    seen = [n for n, has in zip(itertools.accumulate(window.columns), queried, strict=True) if has]
+    hidden = torch.arange(width, device=device) >= torch.tensor(seen, device=device)[:, None]
+    return torch.zeros(len(seen), width, device=device).masked_fill(hidden, float("-inf"))
 
 
 @dataclass
@@ -131,7 +135,7 @@ class EvictionRound:
         window = cache.window
         groups = layer_groups(backbone, cache, self.evict, scaling)
         flops = 0
-        if window.queries:
+        if window.has_queries:
             q = window_queries(backbone, window, scaling)
             bias = causal_bias(window, q.device)
             for group in groups:

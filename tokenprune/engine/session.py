@@ -62,6 +62,7 @@ class PruningSession:
         self._handles: list = []  # hooks held for the whole context
         self._layer_handles: dict = {}  # (kind, layer) -> hook the current phase needs
         self._hooks = NO_HOOKS
+        self._drafts = 0  # drafted tokens at the end of the running forward's input (`_on_model`)
         signature = inspect.signature(self.parts.entry.forward).parameters.values()
         self._entry_params = [p.name for p in signature if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
@@ -90,6 +91,7 @@ class PruningSession:
         attention_backend(self.backbone)
         try:
             add = self._handles.append
+            add(self.model.register_forward_pre_hook(self._on_model, with_kwargs=True))
             add(self.parts.entry.register_forward_pre_hook(self._on_entry, with_kwargs=True))
             add(self.parts.entry.register_forward_hook(self._after_entry, with_kwargs=True))
             add(self.backbone.norm.register_forward_pre_hook(self._on_norm))
@@ -136,6 +138,13 @@ class PruningSession:
         self._hooks = wanted
 
     # ------------------------------------------------------------------------------------------ a forward
+    def _on_model(self, module, args, kwargs):
+        """The model's own call: `logits_to_keep=n > 1` asks for the logits of the last n tokens, which is how
+        assisted and prompt-lookup decoding verify n - 1 drafted tokens; the entry module does not see it."""
+        keep = kwargs.get("logits_to_keep")
+        self._drafts = keep - 1 if isinstance(keep, int) and not isinstance(keep, bool) and keep > 1 else 0
+        return None
+
     def _on_entry(self, module, args, kwargs):
         self.phase = self._counting = IDLE
         if args:  # bind positional arguments to their names so nothing is lost when kwargs are rewritten
@@ -160,6 +169,7 @@ class PruningSession:
                 images_given=self.adapter.images_given(kwargs),
                 positions=self.adapter.positions(kwargs),
                 kwargs=kwargs,
+                drafts=self._drafts,
             )
         if cache is not None and cache.get_seq_length() > 0:
             if self.adapter.images_given(kwargs):
@@ -181,15 +191,18 @@ class PruningSession:
             positions=self.adapter.positions(kwargs),
             kwargs=kwargs,
             use_cache=use_cache,
+            drafts=self._drafts,
         )
         self.reports.append(prefill.report)
         return prefill
 
     def _after_entry(self, module, args, kwargs, output):
         phase, self.phase = self.phase, IDLE
+        self._drafts = 0  # read by this forward only (the entry module may also be called on its own)
         generation = phase.finish()
         if generation is not None:
             self._generations[phase.cache] = generation
+            phase.cache.on_crop = generation.report.record_crop  # assisted decoding's crops reach the report
         self._counting = phase  # lm_head runs after the entry module returned
         return None
 
