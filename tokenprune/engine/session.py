@@ -149,15 +149,17 @@ class PruningSession:
         self.phase = self._counting = IDLE
         if args:  # bind positional arguments to their names so nothing is lost when kwargs are rewritten
             kwargs = {**dict(zip(self._entry_params, args, strict=False)), **kwargs}
-        phase = self._phase_for(kwargs)
+        drafts, self._drafts = self._drafts, 0  # this forward's only (the entry may also be called on its own)
+        phase = self._phase_for(kwargs, drafts)
         if phase is None:
             return None
         self._use_hooks(phase.hooks)
         self.phase = phase
         return None if phase.kwargs is None else ((), phase.kwargs)
 
-    def _phase_for(self, kwargs: dict) -> Prefill | DecodeStep | None:
-        """The phase of a forward with the entry module's `kwargs`; None leaves it untouched."""
+    def _phase_for(self, kwargs: dict, drafts: int = 0) -> Prefill | DecodeStep | None:
+        """The phase of a forward with the entry module's `kwargs` ending with `drafts` drafted tokens; None
+        leaves it untouched."""
         cache = kwargs.get("past_key_values")
         common = {"backbone": self.backbone, "strategy": self.strategy, "backend": attention_backend(self.backbone)}
         if isinstance(cache, PrunableCache) and cache.processed > 0:
@@ -169,7 +171,7 @@ class PruningSession:
                 images_given=self.adapter.images_given(kwargs),
                 positions=self.adapter.positions(kwargs),
                 kwargs=kwargs,
-                drafts=self._drafts,
+                drafts=drafts,
             )
         if cache is not None and cache.get_seq_length() > 0:
             if self.adapter.images_given(kwargs):
@@ -191,14 +193,13 @@ class PruningSession:
             positions=self.adapter.positions(kwargs),
             kwargs=kwargs,
             use_cache=use_cache,
-            drafts=self._drafts,
+            drafts=drafts,
         )
         self.reports.append(prefill.report)
         return prefill
 
     def _after_entry(self, module, args, kwargs, output):
         phase, self.phase = self.phase, IDLE
-        self._drafts = 0  # read by this forward only (the entry module may also be called on its own)
         generation = phase.finish()
         if generation is not None:
             self._generations[phase.cache] = generation
