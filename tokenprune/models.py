@@ -85,6 +85,11 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def tokenizer(self):
+        """The processor's tokenizer (the processor itself when it is one)."""
+        return getattr(self.processor, "tokenizer", self.processor)
+
     def prompt_text(self, prompt: str, num_images: int = 1, num_videos: int = 0) -> str:
         """`prompt` in the processor's chat template, one image slot per image (and per video), ready for
         generation."""
@@ -112,7 +117,7 @@ class LoadedModel:
         """A conversation (Hugging Face chat messages, images as `{"type": "image"}` items of their content) in
         the chat template of the processor or its tokenizer, ready for generation. Without a template only a
         single user turn can be laid out (`prompt_text`)."""
-        for templater in (self.processor, getattr(self.processor, "tokenizer", None)):
+        for templater in (self.processor, self.tokenizer):
             if getattr(templater, "chat_template", None) and hasattr(templater, "apply_chat_template"):
                 return templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if len(messages) != 1 or messages[0]["role"] != "user":
@@ -138,8 +143,7 @@ class LoadedModel:
             raise DataError("an empty batch has no inputs")
         encoded = [self._encode(images, text) for images, text in samples]
         length = max(e["input_ids"].shape[1] for e in encoded)
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = {}
         for key in encoded[0]:
             values = [e[key] for e in encoded]
@@ -185,8 +189,7 @@ class LoadedModel:
         """Text of generated token ids, special tokens skipped."""
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.tolist()
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        return tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
 
 
 def resolve_device(name: str) -> torch.device:

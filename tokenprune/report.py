@@ -220,6 +220,12 @@ class Report:
         return (self._steps[-1][1] if crop is None else crop[2]).tolist()
 
     # ------------------------------------------------------------------------------------ FLOPs
+    def _decode_flops(self, queries: int, entries: int) -> int:
+        """One layer's FLOPs for `queries` new tokens, the last of `entries` held (causal among themselves)."""
+        a = self.arch
+        attention = queries * (entries - queries) + queries * (queries + 1) // 2
+        return queries * a.linear_flops_per_token() + a.attention_flops_per_pair() * attention
+
     def flops(self) -> dict:
         if self.arch is None:
             return {}
@@ -230,12 +236,7 @@ class Report:
         prefill += self.logit_rows["prefill"] * lm_head + self.scoring_flops["prefill"]
         baseline_prefill = a.layers * sum(a.prefill_layer_flops(n) for n in self.prompt_tokens)
         baseline_prefill += self.logit_rows["prefill"] * lm_head
-        attn = a.attention_flops_per_pair()
-        linear = a.linear_flops_per_token()
-
-        def decode_flops(queries: int, entries: int) -> int:  # `queries` new tokens, the last of `entries`
-            return queries * linear + attn * (queries * (entries - queries) + queries * (queries + 1) // 2)
-
+        decode_flops = self._decode_flops
         decode = baseline_decode = 0
         seen = list(self.prompt_tokens)  # real tokens of each sample an unpruned cache would hold
         for step, (_, entries, _, queries, _) in enumerate(self._steps[1:], start=1):
@@ -313,11 +314,7 @@ class Report:
         prefill += share * (self.logit_rows["prefill"] * lm_head + self.scoring_flops["prefill"])
         baseline_prefill = a.layers * a.prefill_layer_flops(self.prompt_tokens[b])
         baseline_prefill += share * self.logit_rows["prefill"] * lm_head
-        attn, linear = a.attention_flops_per_pair(), a.linear_flops_per_token()
-
-        def decode_flops(queries: int, entries: int) -> int:  # as in `flops()`
-            return queries * linear + attn * (queries * (entries - queries) + queries * (queries + 1) // 2)
-
+        decode_flops = self._decode_flops
         decode = share * (self.logit_rows["decode"] * lm_head + self.scoring_flops["decode"])
         baseline_decode = share * self.logit_rows["decode"] * lm_head
         seen = self.prompt_tokens[b]
@@ -334,7 +331,10 @@ class Report:
             total.append(sum(entries_b))
             base_total.append(a.layers * seen)
         base_visual = a.layers * self.visual_tokens[b]
-        mean = (lambda values: sum(values) / len(values)) if self._steps else (lambda values: 0.0)
+
+        def mean(values: list) -> float:
+            return sum(values) / len(values) if values else 0.0
+
         kv = {
             "visual": {"mean": mean(visual), "baseline_mean": float(base_visual)},
             "total": {"mean": mean(total), "baseline_mean": mean(base_total)},

@@ -173,7 +173,7 @@ class TokenpruneModel(lmms):
 
     @property
     def tokenizer(self):
-        return getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
+        return self.loaded.tokenizer
 
     def loglikelihood(self, requests) -> list:
         raise UnsupportedInputError(
