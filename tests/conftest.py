@@ -108,7 +108,23 @@ QWEN_BATCHES = {
 }
 
 
+def right_padded(batch: dict) -> dict:
+    """The same samples right-padded: each row's real tokens moved to its start (every token-level tensor: ids,
+    mask, Qwen's mm_token_type_ids), the padding after them; image tensors unchanged."""
+    mask = batch["attention_mask"].bool()
+    order = torch.argsort((~mask).long(), dim=1, stable=True)  # real tokens first, in order, then padding
+    out = dict(batch)
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.shape[:2] == mask.shape:
+            out[key] = value.gather(1, order)
+    return out
+
+
 def inputs(kind: str, attn: str = "sdpa", seed: int = 0, family: str = "llava") -> dict:
+    """A batch of `kind`: "single", "padded" (left-padded, three samples) or "right" (the padded batch
+    right-padded)."""
+    if kind == "right":
+        return right_padded(inputs("padded", attn, seed, family))
     if family in QWEN_FAMILIES:
         return make_qwen_inputs(spec(attn, family=family), QWEN_BATCHES[kind], seed=seed)
     sizes = NEXT_SIZES[kind] if family == "llava_next" else None

@@ -82,7 +82,7 @@ def _prompt_positions(model, inputs: dict, am: torch.Tensor):
     Multimodal RoPE (Qwen-VL): the sequence row (attention_mask cumsum) stacked on the model's own
     `get_rope_index` rows, as generate() builds them; decode steps then continue every row by one.
     """
-    text = (am.long().cumsum(-1) - 1).masked_fill(~am, 1)
+    text = (am.long().cumsum(-1) - 1).masked_fill(~am, 0)
     rope_index = getattr(model.model, "get_rope_index", None)
     if rope_index is None:
         return text, None
@@ -90,7 +90,7 @@ def _prompt_positions(model, inputs: dict, am: torch.Tensor):
     rope, deltas = rope_index(
         inputs["input_ids"], attention_mask=inputs["attention_mask"], **{k: inputs[k] for k in keys if k in inputs}
     )
-    return torch.cat([text.masked_fill(~am, 0)[None], rope], 0), deltas
+    return torch.cat([text[None], rope], 0), deltas
 
 
 def _topk_mask(scores: torch.Tensor, candidates: torch.Tensor, keep: int) -> torch.Tensor:
@@ -118,10 +118,13 @@ def reference_generate(
     n_layers = len(layers)
     ids, am = inputs["input_ids"], inputs["attention_mask"].bool()
     bsz, length = ids.shape
+    # each sample's last real token (the last column under left padding; padding follows it under right padding)
+    last_real = [int(am[b].nonzero().max()) for b in range(bsz)]
     visual = _placeholders(model, ids) & am
     if prunable is not None:
         visual &= prunable
-    visual[:, -1] = False
+    for b in range(bsz):
+        visual[b, last_real[b]] = False  # never removed
     total = visual.sum(1).tolist()
     cuts = method.cuts(n_layers)
     present = visual.clone()  # visual tokens still present at the current layer (prefill)
@@ -138,7 +141,7 @@ def reference_generate(
 
     def text_rows(b: int) -> list[int]:
         image = _placeholders(model, ids[b]) & am[b]
-        image[-1] = False  # the last prompt token is the query that produces the next token
+        image[last_real[b]] = False  # the last real token is text
         vis = image.nonzero().flatten()
         end = int(vis.max()) if len(vis) else -1
         return [j for j in range(length) if am[b, j] and not visual[b, j] and j > end]
@@ -166,7 +169,10 @@ def reference_generate(
                 per_layer_present.append(present.clone())
                 hidden = ~visual | present
                 allowed = torch.ones(length, length, dtype=torch.bool).tril()[None] & (am & hidden)[:, None, :]
-                allowed = allowed | torch.eye(length, dtype=torch.bool)[None]
+                # as transformers' mask: padding queries see the real keys before them; rows without any see
+                # themselves, so none is empty
+                empty = ~allowed.any(-1, keepdim=True)
+                allowed = allowed | (torch.eye(length, dtype=torch.bool)[None] & empty)
             else:
                 layer_present = per_layer_present[i]
                 if method.decay != "none" and t % method.evict_every == 0:
@@ -179,8 +185,9 @@ def reference_generate(
                 hidden = torch.cat([~visual | layer_present, torch.ones(bsz, keys - length, dtype=torch.bool)], 1)
                 causal = torch.ones(chunk, keys, dtype=torch.bool).tril(keys - chunk)
                 own = torch.zeros(chunk, keys, dtype=torch.bool)
-                own[:, keys - chunk :] = torch.eye(chunk, dtype=torch.bool)  # a padding query sees itself
-                allowed = ((seq_valid & hidden)[:, None, :] & causal[None]) | own[None]
+                own[:, keys - chunk :] = torch.eye(chunk, dtype=torch.bool)
+                allowed = (seq_valid & hidden)[:, None, :] & causal[None]
+                allowed = allowed | (own[None] & ~allowed.any(-1, keepdim=True))  # rows without a key see themselves
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, minimum)[:, None]
             return args, {**kwargs, "attention_mask": mask}
 

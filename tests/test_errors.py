@@ -78,23 +78,25 @@ def test_prune_twice_is_an_error_and_first_context_survives():
     assert run.report.prefill_visual_tokens[2] == [18]
 
 
-def test_right_padding_refused_without_touching_the_model():
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ([1, 1, 0, 1, 1, 1], r"rows \[1\] have padding between real tokens.*padding_side='left'.*'right'"),
+        ([0] * 49, r"rows \[1\] have no real token"),
+    ],
+    ids=["hole", "all-padding"],
+)
+def test_masks_other_than_left_or_right_padding_refused_without_touching_the_model(row, message):
+    """Left and right padding are served (tests/test_reference.py, test_identity.py); a sample with padding
+    between its real tokens, or with no real token, is refused before anything changes."""
     model = tiny_model()
     data = inputs("padded")
-    right = {
-        "input_ids": torch.stack(
-            [
-                torch.cat([r[m.bool()], r[~m.bool()]])
-                for r, m in zip(data["input_ids"], data["attention_mask"], strict=True)
-            ]
-        ),
-        "attention_mask": data["attention_mask"].flip(1),
-        "pixel_values": data["pixel_values"],
-    }
+    bad = dict(data, attention_mask=data["attention_mask"].clone())
+    bad["attention_mask"][1, -len(row) :] = torch.tensor(row)
     before = greedy(model, data, 5)
-    with pytest.raises(tp.UnsupportedInputError, match="right-padded.*padding_side='left'"):
+    with pytest.raises(tp.UnsupportedInputError, match=message):
         with tp.prune(model, "st3"):
-            greedy(model, right, 5)
+            greedy(model, bad, 5)
     after = greedy(model, data, 5)
     assert torch.equal(before.sequences, after.sequences)
 

@@ -7,7 +7,7 @@ that reordering while any wrong kept set, position or mask moves logits by >1e-2
 
 import pytest
 import torch
-from conftest import FAMILIES, STRATEGY_CASES, greedy, inputs, reference_prunable, spec, tiny_model
+from conftest import FAMILIES, STRATEGY_CASES, greedy, inputs, reference_prunable, right_padded, spec, tiny_model
 from reference import reference_generate
 
 import tokenprune as tp
@@ -18,7 +18,7 @@ ATOL = 1e-4
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("batch", ["single", "padded"])
+@pytest.mark.parametrize("batch", ["single", "padded", "right"])
 @pytest.mark.parametrize("name,params,ref_method", STRATEGY_CASES)
 def test_matches_masked_reference(attn, batch, name, params, ref_method, family):
     model = tiny_model(attn, family=family)
@@ -61,23 +61,27 @@ def test_prefill_logits_of_every_position_without_cache(name, params, ref_method
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize(
     "layout",
     [
         dict(text_before=[20, 1], text_after=[19, 1], images=[0, 1]),
         dict(text_before=[2, 1], text_after=[50, 1]),
-        dict(text_before=[3, 1], text_after=[0, 2]),
+        dict(text_before=[1, 3], text_after=[0, 2]),
     ],
     ids=["text-only-beside-image", "long-text-beside-short", "prompt-ending-with-its-image"],
 )
-def test_text_mean_in_ragged_batches(attn, layout):
-    """Query rows that are padding for one sample but text for another must not poison its scores."""
+def test_text_mean_in_ragged_batches(attn, side, layout):
+    """Query rows that are padding for one sample but text for another must not poison its scores; a prompt
+    ending with its image keeps its last image token (the last real token, before any right padding)."""
     from reference import RefMethod
 
     from tokenprune.tiny import make_inputs
 
     model = tiny_model(attn)
     data = make_inputs(spec(attn), **layout)
+    if side == "right":
+        data = right_padded(data)
     with tp.prune(model, "fastv", k=2, ratio=0.5, query="text_mean") as run:
         out = greedy(model, data, 4)
     ref = reference_generate(tiny_model("eager"), data, RefMethod("fastv", k=2, ratio=0.5, query="text_mean"), 4)

@@ -66,7 +66,8 @@ def check_window(backbone: Backbone, tokens: int) -> None:
 
 # ------------------------------------------------------------------------------------------ inputs
 def prompt_validity(attention_mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
-    """(B, L) real tokens of a prompt from its 2D padding mask; only left padding is served."""
+    """(B, L) real tokens of a prompt from its 2D padding mask: each sample's real tokens in one run, padded on
+    the left, on the right (transformers runs the padding after them as queries, see `Prefill`) or both."""
     if attention_mask is None:
         return torch.ones(shape, dtype=torch.bool, device=device)
     if attention_mask.dim() != 2:
@@ -74,12 +75,19 @@ def prompt_validity(attention_mask: torch.Tensor | None, shape: torch.Size, devi
             f"a {attention_mask.dim()}D attention_mask is not supported; pass the 2D (batch, length) padding mask"
         )
     valid = attention_mask.to(device).bool()
-    if bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+    starts = (valid[:, 1:] & ~valid[:, :-1]).sum(1) + valid[:, 0].long()  # runs of real tokens per sample
+    empty, holes = torch.stack([starts == 0, starts > 1]).cpu()  # one host read
+    if bool(empty.any()):
         raise UnsupportedInputError(
-            "right-padded batch: tokenprune needs left padding (set tokenizer/processor padding_side='left')"
+            f"attention_mask rows {empty.nonzero().flatten().tolist()} have no real token (all padding); every "
+            "sample needs at least one"
         )
-    if not bool(valid[:, -1].all()):
-        raise UnsupportedInputError("a sample whose last token is padding is not supported (use left padding)")
+    if bool(holes.any()):
+        raise UnsupportedInputError(
+            f"attention_mask rows {holes.nonzero().flatten().tolist()} have padding between real tokens; "
+            "tokenprune serves padding before (padding_side='left') or after (padding_side='right') each "
+            "sample's tokens"
+        )
     return valid
 
 

@@ -9,7 +9,10 @@ In the order things happen:
    previous layer ("QK heredity"), and the removed ones leave the hidden states, rotary rows, position
    ids, the layer's mask and therefore its KV cache. Samples keep different counts: each is
    right-aligned in a rectangular `Layout` and left-filled with masked-out filler, so the last token
-   stays last. The layer's cache entries get their metadata (position, validity, visual).
+   stays last. Left padding leaves at the first cut; padding after a sample's tokens (right padding)
+   stays in every layer, because transformers computes it as queries (the last column's gives the next
+   token) while masking it as a key. The layer's cache entries get their metadata (position, validity,
+   visual).
 3. `projected` / `attended` (after the query source and the attention of a scored layer): the scores
    that rank the next cut, and the seeds of the decay's eviction scores, computed from the layer's own
    queries and cached keys (no eager attention needed).
@@ -87,20 +90,30 @@ class Layout:
     valid: torch.Tensor  # real token (not padding, not filler)
     visual: torch.Tensor  # prunable visual token still present
     positions: torch.Tensor  # RoPE position id
+    trailing: torch.Tensor  # padding after the sample's tokens (right padding): a query, never a key
 
     def select(self, index: torch.Tensor, keep: torch.Tensor) -> "Layout":
-        valid = keep.gather(1, index)
+        """The entries `index` (B, L'); those not in `keep` are filler."""
+        kept = keep.gather(1, index)
+        valid = self.valid.gather(1, index) & kept
         return Layout(
             source=self.source.gather(1, index),
             valid=valid,
             visual=self.visual.gather(1, index) & valid,
             positions=self.positions.gather(1, index),
+            trailing=self.trailing.gather(1, index) & kept,
         )
+
+    @property
+    def computed(self) -> torch.Tensor:
+        """Entries whose output the model returns: real tokens and trailing padding (not filler)."""
+        return self.valid | self.trailing
 
     def to(self, device: torch.device) -> "Layout":
         if self.source.device == device:
             return self
-        return Layout(*(t.to(device) for t in (self.source, self.valid, self.visual, self.positions)))
+        fields = (self.source, self.valid, self.visual, self.positions, self.trailing)
+        return Layout(*(t.to(device) for t in fields))
 
 
 def rank_keep(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -137,6 +150,7 @@ class Prefill(Phase):
         horizon: int | None,
         kwargs: dict,
         real: torch.Tensor,
+        trailing: torch.Tensor,
         present: torch.Tensor,
         image_end: torch.Tensor,
         drafts: int = 0,
@@ -147,7 +161,8 @@ class Prefill(Phase):
         self.layout = layout
         self.cache, self.report, self.horizon = cache, report, horizon
         self.kwargs = kwargs  # the entry module's arguments, with the prunable cache
-        self.real = real  # host (B,) real tokens the current layout holds (the rest of its columns is filler)
+        self.real = real  # host (B,) real tokens the current layout holds
+        self.trailing = trailing  # host (B,) trailing padding tokens it holds (every layout; the rest is filler)
         self.present = present  # host (B,) visual tokens the current layout holds
         self.image_end = image_end  # (B,) prompt index of the last visual token (-1 without image)
         self.length = layout.source.shape[1]  # padded prompt length
@@ -196,8 +211,12 @@ class Prefill(Phase):
         if use_cache:  # first: a static cache brings its own 4D mask, which is not the user's doing
             PrunableCache.check_adoptable(kwargs.get("past_key_values"))
         valid = prompt_validity(kwargs.get("attention_mask"), tokens.prunable.shape, device)
-        visual = tokens.prunable & valid
-        visual[:, -1] = False  # the last prompt token produces the next token: never removed
+        index = torch.arange(length, device=device).expand(bsz, -1)
+        last = torch.where(valid, index, -1).max(1).values[:, None]  # each sample's last real token
+        # The last real token is never removed: it produces the next token (left padding), or its text is what
+        # the padding after it, which transformers runs as queries, reads (right padding).
+        visual = tokens.prunable & valid & (index != last)
+        trailing = index > last
         planned = generation_horizon(length)
         check_window(backbone, length + (planned or 0))
         if positions is None:  # what the language model itself would use
@@ -212,11 +231,9 @@ class Prefill(Phase):
         horizon = None
         if strategy.decay.active and cache is not None:
             horizon = strategy.decay.horizon or planned
-        index = torch.arange(length, device=device).expand(bsz, -1)
         # End of the last image, newline tokens included: text_mean scores use the text after it. The last
-        # prompt token always counts as text (it is never removed), so that query set is never empty.
-        image_tokens = tokens.placeholders & valid
-        image_tokens[:, -1] = False
+        # real token always counts as text (it is never removed), so that query set is never empty.
+        image_tokens = tokens.placeholders & valid & (index != last)
         image_end = torch.where(image_tokens, index, torch.full_like(index, -1)).max(1).values
         report = Report.start(
             strategy=strategy.describe(),
@@ -229,19 +246,20 @@ class Prefill(Phase):
             horizon=horizon,
         )
         # Read once, before the layers run; from here on the prefill decides from host counts only.
-        real, total_visual = torch.stack([valid.sum(1), visual.sum(1)]).cpu()
+        real, total_trailing, total_visual = torch.stack([valid.sum(1), trailing.sum(1), visual.sum(1)]).cpu()
         return cls(
             backbone=backbone,
             strategy=strategy,
             backend=backend,
             cut_layers=cut_layers,
             plan=CutPlan.of(strategy.schedule, cut_layers, total_visual),
-            layout=Layout(source=index, valid=valid, visual=visual, positions=positions),
+            layout=Layout(source=index, valid=valid, visual=visual, positions=positions, trailing=trailing),
             cache=cache,
             report=report,
             horizon=horizon,
             kwargs=kwargs,
             real=real,
+            trailing=total_trailing,
             present=total_visual,
             image_end=image_end,
             drafts=drafts,
@@ -300,14 +318,14 @@ class Prefill(Phase):
         else:  # every sample keeps all or none: no ranking needed
             kept_visual = lay.visual & (keep > 0).to(device)[:, None]
         self.next_scores = None
-        keep_mask = (lay.valid & ~lay.visual) | kept_visual
+        keep_mask = (lay.valid & ~lay.visual) | kept_visual | lay.trailing
         if self.restore is None:
             self.restore = hidden.new_zeros(hidden.shape[0], self.length, hidden.shape[-1])
         # Keep each dropped token's hidden state at its prompt index (sources are unique within a layout, so
         # one scatter writes them without reading back which tokens were dropped).
         self.restore = _scatter_rows(self.restore, lay.source, lay.valid & ~keep_mask, hidden)
         self.real, self.present = self.real - (self.present - keep), keep
-        length = int(self.real.max())
+        length = int((self.real + self.trailing).max())
         index = compact(keep_mask, length)
         self.layout = lay.select(index, keep_mask)
         self.changed = True
@@ -316,7 +334,7 @@ class Prefill(Phase):
         if self.full_positions is not None:
             self.layer_positions = self.full_positions.to(index.device).gather(1, self.layout.source)
         if self.backend == "sdpa" and bool((self.real == length).all()):
-            self.mask = None  # no filler: the layout is one causal sequence, and sdpa's causal kernel applies
+            self.mask = None  # no filler or padding: one causal sequence, and sdpa's causal kernel applies
         else:
             self.mask = prefill_mask(self.layout.valid, self.backend, hidden.dtype)
         return hidden
@@ -374,7 +392,7 @@ class Prefill(Phase):
             hidden = self.injections.add(len(self.backbone.layers) - 1, hidden, lay.source, lay.valid)
         if not self.changed:
             return None if self.injections is None else (hidden, *args[1:])
-        restored = _scatter_rows(self.restore.to(hidden.device, hidden.dtype), lay.source, lay.valid, hidden)
+        restored = _scatter_rows(self.restore.to(hidden.device, hidden.dtype), lay.source, lay.computed, hidden)
         return (restored, *args[1:])
 
     def finish(self) -> Generation | None:
