@@ -67,6 +67,12 @@ class RefResult:
     tokens: torch.Tensor  # (B, steps), all turns' generated tokens in order
     kept: dict[int, list[list[int]]]  # cut layer -> sample -> kept visual prompt indices
     visual_per_step: list[list[list[int]]] = field(default_factory=list)  # step -> layer -> sample
+    # with record=True: step -> layer -> (B, H, Q, K) eager attention weights over the full sequence
+    attentions: list[list[torch.Tensor]] = field(default_factory=list)
+    layer_inputs: list[torch.Tensor] = field(default_factory=list)  # prefill: layer -> (B, L, D) its input
+    layer_outputs: list[torch.Tensor] = field(default_factory=list)  # prefill: layer -> (B, L, D) its output
+    present: list[torch.Tensor] = field(default_factory=list)  # prefill: layer -> (B, L) visual tokens present
+    visual: torch.Tensor | None = None  # (B, L) the prunable visual tokens
 
 
 def _placeholders(model, ids: torch.Tensor) -> torch.Tensor:
@@ -104,13 +110,20 @@ def _topk_mask(scores: torch.Tensor, candidates: torch.Tensor, keep: int) -> tor
 
 @torch.no_grad()
 def reference_generate(
-    model, inputs: dict, method: RefMethod, steps: int, prunable: torch.Tensor | None = None, turns: tuple = ()
+    model,
+    inputs: dict,
+    method: RefMethod,
+    steps: int,
+    prunable: torch.Tensor | None = None,
+    turns: tuple = (),
+    record: bool = False,
 ) -> RefResult:
     """Greedy generation of `steps` tokens under the masked reference (model must use eager attention).
 
     `prunable` (B, L) limits the removable tokens (default: every image placeholder). Each of `turns`
     continues the same cache: the last generated token and the turn's ids run as one causal chunk, as a
-    second generate() call does, then `turn.steps - 1` more tokens.
+    second generate() call does, then `turn.steps - 1` more tokens. `record`: keep every layer's attention
+    weights of every step and the prefill's layer inputs.
     """
     assert model.config.text_config._attn_implementation == "eager"
     lm = model.model.language_model
@@ -134,6 +147,13 @@ def reference_generate(
     phase = {"t": 0}
     seq_valid = am.clone()  # grows by one column per generated token
     eviction_scores: list[torch.Tensor] = []
+    attentions: list[list[torch.Tensor]] = []
+    layer_inputs: list[torch.Tensor] = []
+    layer_outputs: list[torch.Tensor] = []
+
+    def layer_post(module, args, output):
+        if record and phase["t"] == 0:
+            layer_outputs.append((output[0] if isinstance(output, tuple) else output).clone())
     initial: list[torch.Tensor] = []
     dtype = next(model.parameters()).dtype
     minimum = torch.finfo(dtype).min
@@ -167,6 +187,8 @@ def reference_generate(
                     present = new
                     kept[i] = [present[b].nonzero().flatten().tolist() for b in range(bsz)]
                 per_layer_present.append(present.clone())
+                if record:
+                    layer_inputs.append((args[0] if args else kwargs["hidden_states"]).clone())
                 hidden = ~visual | present
                 allowed = torch.ones(length, length, dtype=torch.bool).tril()[None] & (am & hidden)[:, None, :]
                 # as transformers' mask: padding queries see the real keys before them; rows without any see
@@ -197,6 +219,10 @@ def reference_generate(
         def hook(module, args, output):
             w = output[1]  # eager attention weights (B, H, Q, K)
             t = phase["t"]
+            if record:
+                if i == 0:
+                    attentions.append([])
+                attentions[-1].append(w.clone())
             if t == 0:
                 weights[i] = w.float()
                 eviction_scores.append(w[:, :, -1, :].float().mean(1))
@@ -211,11 +237,13 @@ def reference_generate(
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(layer_pre(i), with_kwargs=True))
         handles.append(layer.self_attn.register_forward_hook(attn_post(i)))
+        handles.append(layer.register_forward_hook(layer_post))
     try:
         cache = DynamicCache()
         positions, rope_deltas = _prompt_positions(model, inputs, am)
         out = model(**inputs, past_key_values=cache, position_ids=positions, use_cache=True)
         initial = [p.sum(1) for p in per_layer_present]
+        prefill_present = [p.clone() for p in per_layer_present]  # the decay then evicts from these in place
         logits = [out.logits[:, -1].float()]
         tokens = [logits[-1].argmax(-1)]
         visual_steps = [[p.sum(1).tolist() for p in per_layer_present]]
@@ -256,4 +284,14 @@ def reference_generate(
     finally:
         for h in handles:
             h.remove()
-    return RefResult(logits=logits, tokens=torch.stack(tokens, 1), kept=kept, visual_per_step=visual_steps)
+    return RefResult(
+        logits=logits,
+        tokens=torch.stack(tokens, 1),
+        kept=kept,
+        visual_per_step=visual_steps,
+        attentions=attentions,
+        layer_inputs=layer_inputs,
+        layer_outputs=layer_outputs,
+        present=prefill_present,
+        visual=visual,
+    )

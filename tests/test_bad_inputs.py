@@ -267,29 +267,3 @@ def test_a_static_cache_is_refused_for_what_it_is(kind):
         with pytest.raises(tp.UnsupportedInputError, match=r"a StaticCache \(cache_implementation='static'"):
             model.generate(**data, max_new_tokens=3, cache_implementation="static")
     assert_untouched(model, data, before_hooks, before)
-
-
-def test_output_attentions_and_hidden_states_have_the_kept_shapes():
-    """What docs/usage.md ("generate() modes") says: after a cut, attentions and hidden states hold the kept tokens,
-    not the prompt's; the last hidden state is back at the prompt length."""
-    model = tiny_model("eager")
-    data = inputs("single", "eager")
-    length = data["input_ids"].shape[1]
-    with tp.prune(model, "fastv", k=2, ratio=0.5) as run:
-        out = model.generate(
-            **data,
-            max_new_tokens=3,
-            do_sample=False,
-            output_attentions=True,
-            output_hidden_states=True,
-            return_dict_in_generate=True,
-        )
-    kept = run.report.prefill_tokens[2][0]
-    assert kept < length
-    layers = len(out.attentions[0])
-    heads = out.attentions[0][0].shape[1]
-    assert [a.shape[-2:] for a in out.attentions[0]] == [(length, length)] * 2 + [(kept, kept)] * (layers - 2)
-    assert [a.shape[-2:] for a in out.attentions[1]] == [(1, length + 1)] * 2 + [(1, kept + 1)] * (layers - 2)
-    assert all(a.shape[:2] == (1, heads) for a in out.attentions[1])
-    hidden = [h.shape[1] for h in out.hidden_states[0]]
-    assert hidden == [length] * 3 + [kept] * (layers - 3) + [length]  # embeddings, layers 0-1, 2-4, final norm

@@ -1,7 +1,8 @@
 """A DynamicCache whose layers may hold different entries, with per-entry metadata.
 
-Each layer records, for every cached entry, its RoPE position, whether it is real (not padding or
-filler) and whether it is a prunable visual token, plus an accumulated attention score for eviction.
+Each layer records, for every cached entry, its RoPE position, its column in the full sequence (prompt
+index, then one per token processed after the prompt), whether it is real (not padding or filler) and
+whether it is a prunable visual token, plus an accumulated attention score for eviction.
 The metadata follows every batch operation transformers applies to a cache (beam reorder, select,
 repeat), so beam search and friends stay correct after entries were removed.
 
@@ -15,7 +16,8 @@ per-layer work per step small:
 - *host counts*: visual and real entries per layer and sample are kept on the host as (layers, batch)
   tensors, updated arithmetically (evictions, new tokens), so deciding what to evict, building reports and
   sizing compactions need no device sync and no per-layer reductions.
-The full-length `positions` / `valid` / `visual` of a layer's held entries are derived on request.
+The full-length `positions` / `columns` / `valid` / `visual` of a layer's held entries are derived on
+request (a tail token's column follows from its place in the tail, so the tail stores none).
 
 Devices: a model dispatched by accelerate (`device_map="auto"`) computes each layer on its own device, so
 each layer's metadata lives where that layer's keys live. The engine may hand in metadata from another
@@ -30,7 +32,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .errors import UnsupportedInputError
 
-_HEAD = ("head_positions", "head_valid", "head_visual", "scores")
+_HEAD = ("head_positions", "head_columns", "head_valid", "head_visual", "scores")
 _COUNTS = ("initial_visual", "final_visual", "visual_count", "entry_count")
 
 
@@ -57,6 +59,7 @@ class _Tail:
     def clear(self) -> None:
         self.positions: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
+        self.start = 0  # column of the first tail token in the full sequence (the prompt's length)
         self._copies: dict = {}
 
     @property
@@ -78,6 +81,10 @@ class _Tail:
         if device not in self._copies:
             self._copies[device] = (self.positions.to(device), self.valid.to(device))
         return self._copies[device]
+
+    def columns(self, device: torch.device) -> torch.Tensor:
+        """(B, T) column of every tail token in the full sequence."""
+        return (self.start + torch.arange(self.length, device=device))[None].expand(self.valid.shape[0], -1)
 
     def index_batch(self, fn) -> None:
         if self.valid is not None:
@@ -141,7 +148,7 @@ class PrunableLayer(DynamicLayer):
         super().__init__()
         self.tail = tail
         # head_visual marks the prompt's prunable visual entries; one is still held while head_valid is set
-        self.head_positions = self.head_valid = self.head_visual = None
+        self.head_positions = self.head_columns = self.head_valid = self.head_visual = None
         self.scores = None  # (B, head) accumulated attention of held visual entries; +inf for every other entry
         self.tail_from = 0  # tail column of this layer's first entry after its head
         self.pruned = False  # True once this layer's entries differ from the full sequence
@@ -179,6 +186,12 @@ class PrunableLayer(DynamicLayer):
         return self._with_tail(self.head_positions, self._tail_meta(0), self.held_tail)
 
     @property
+    def columns(self) -> torch.Tensor:
+        """(B, held) column of every held entry in the full sequence (where transformers' outputs index it)."""
+        tail = self.tail.columns(self.head_valid.device) if self.tail.valid is not None else None
+        return self._with_tail(self.head_columns, tail, self.held_tail)
+
+    @property
     def valid(self) -> torch.Tensor:
         """(B, held) real entries (not padding or filler) among the held ones."""
         return self._with_tail(self.head_valid, self._tail_meta(1), self.held_tail)
@@ -196,18 +209,20 @@ class PrunableLayer(DynamicLayer):
         """(B, head + tail) validity of the held entries and of the tokens the running forward adds."""
         return self._with_tail(self.head_valid, self._tail_meta(1), self.tail.length - self.tail_from)
 
-    def append_meta(self, positions, valid, visual, pruned: bool) -> None:
+    def append_meta(self, positions, columns, valid, visual, pruned: bool) -> None:
         """The prompt's entries (prefill), appended to the head before the layer caches their keys; `pruned`:
         they are not the full prompt (a cut at or before this layer removed tokens)."""
         self.pruned = pruned
         device = self.meta_device or valid.device
-        positions, valid, visual = positions.to(device), valid.to(device), visual.to(device)
-        if self.head_valid is None:
-            self.head_positions, self.head_valid, self.head_visual = positions, valid, visual
-        else:
-            self.head_positions = torch.cat([self.head_positions, positions], 1)
-            self.head_valid = torch.cat([self.head_valid, valid], 1)
-            self.head_visual = torch.cat([self.head_visual, visual], 1)
+        new = {
+            "head_positions": positions,
+            "head_columns": columns,
+            "head_valid": valid,
+            "head_visual": visual,
+        }
+        for name, value in new.items():
+            value, held = value.to(device), getattr(self, name)
+            setattr(self, name, value if held is None else torch.cat([held, value], 1))
 
     def update(self, key_states, value_states, *args, **kwargs):
         out = super().update(key_states, value_states, *args, **kwargs)
@@ -246,12 +261,12 @@ class PrunableLayer(DynamicLayer):
         """Keep only the real entries, head and tail (one gather): each sample keeps its `held[b]` (host count)
         real entries, right-aligned, left-filled with filler up to the most any sample holds."""
         extra = self.held_tail
-        valid, positions, visual = self.valid, self.positions, self.visual
+        valid, positions, columns, visual = self.valid, self.positions, self.columns, self.visual
         length = int(held.max())
         index = compact(valid, length)
         # Filler columns gather entries that are not real (evicted or padding): never visual, scored +inf.
-        self.head_valid, self.head_positions, self.head_visual = (
-            t.gather(1, index) for t in (valid, positions, visual)
+        self.head_valid, self.head_positions, self.head_columns, self.head_visual = (
+            t.gather(1, index) for t in (valid, positions, columns, visual)
         )
         padded = torch.cat([self.scores, self.scores.new_full((self.scores.shape[0], extra), float("inf"))], 1)
         self.scores = padded.gather(1, index).masked_fill(~self.head_visual, float("inf"))
@@ -296,7 +311,7 @@ class PrunableLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.head_positions = self.head_valid = self.head_visual = self.scores = None
+        self.head_positions = self.head_columns = self.head_valid = self.head_visual = self.scores = None
         self.tail_from = 0
         self.pruned = self.all_valid = False
 
@@ -347,6 +362,7 @@ def evict_alike(
     order = _eviction_order(scores) if order is None else order
     index = order[..., : head - count].sort(-1).values  # (G, B, kept)
     positions = stack_layers(layers, "head_positions").gather(-1, index)
+    columns_held = stack_layers(layers, "head_columns").gather(-1, index)
     visual = stack_layers(layers, "head_visual").gather(-1, index)
     scores = scores.gather(-1, index)
     tail = columns[head : first.keys.shape[2]].to(index.device).expand(*index.shape[:2], -1)
@@ -354,6 +370,7 @@ def evict_alike(
     keys, values = take_entries(keys, stack_layers(layers, "values"), torch.cat([index, tail], -1).to(keys.device))
     for g, layer in enumerate(layers):
         layer.head_positions, layer.head_visual, layer.scores = positions[g], visual[g], scores[g]
+        layer.head_columns = columns_held[g]
         layer.head_valid = layer.head_valid[:, : head - count]
         layer.keys, layer.values = keys[g], values[g]
         layer.pruned = True
@@ -446,6 +463,7 @@ class PrunableCache(DynamicCache):
         """A prefill of `tokens` columns filled the cache: each layer holds its visual and real entries (host,
         (B,) each) in `columns` columns; the last `drafts` are drafted tokens a crop may remove."""
         self.processed += tokens
+        self.tail.start = self.processed
         self.drafts = drafts
         self.initial_visual, self.entry_count = torch.stack(visual), torch.stack(entries)
         self.visual_count = self.initial_visual
@@ -534,6 +552,7 @@ class PrunableCache(DynamicCache):
         if from_prompt:  # drafts of the prefill: the last entries of every layer's head, real text tokens
             removed = self.layers[0].head_valid[:, -from_prompt:].sum(1).cpu()
             self.drafts -= from_prompt
+            self.tail.start -= from_prompt
             columns_from_tail = columns - from_prompt
         else:
             removed = torch.zeros(self.batch_size, dtype=torch.long)

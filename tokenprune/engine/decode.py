@@ -31,6 +31,14 @@ from .phase import Generation, HookSet, Phase
 from .rounds import EvictionRound, scored_layers
 
 
+def unpruned_decode_attention(weights: torch.Tensor, held: PrunableLayer, total: int) -> torch.Tensor:
+    """(B, H, new, total) attention weights of a decode step from those over a layer's held entries."""
+    columns, valid = held.columns.to(weights.device), held.valid.to(weights.device)
+    weights = weights.masked_fill(~valid[:, None, None, :], 0)  # filler: zeros
+    out = weights.new_zeros(*weights.shape[:3], total)
+    return out.scatter(3, columns[:, None, None, :].expand_as(weights), weights)
+
+
 class DecodeStep(Phase):
     """One forward continuing a pruned cache (see the module docstring for its steps)."""
 
@@ -138,6 +146,18 @@ class DecodeStep(Phase):
             self.queries[layer] = self.backbone.queries(output)[:, -1]  # scored at the next round
 
     # ------------------------------------------------------------------------------------ after the forward
+    def entry_output(self, output) -> None:
+        """Attentions of the pruned layers as transformers would give them without pruning: (B, H, new, all
+        tokens so far), each held entry at its column, removed entries holding zeros."""
+        attentions = getattr(output, "attentions", None)
+        if not attentions:
+            return
+        total = self.cache.processed + self.new_columns
+        output.attentions = tuple(
+            w if w is None or not held.pruned else unpruned_decode_attention(w, held, total)
+            for w, held in zip(attentions, self.cache.layers, strict=True)
+        )
+
     def finish(self) -> None:
         if self.scored:
             window = self.cache.window

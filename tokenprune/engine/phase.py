@@ -44,7 +44,7 @@ class Phase:
     """One forward. Hook calls arrive in the order the model runs: `language_model_input` when the language
     model is called (after the vision features were merged), `layer_input` before each decoder layer,
     `projected` after a query/key source, `attended` after an attention, `final_norm` before the final
-    norm, then `finish` when the forward returns and `count_logits` when the head ran."""
+    norm, then `entry_output` and `finish` when the forward returns and `count_logits` when the head ran."""
 
     hooks: HookSet = NO_HOOKS
     kwargs: dict | None = None  # replacement keyword arguments of the entry module (None: its own)
@@ -66,6 +66,9 @@ class Phase:
     def final_norm(self, args: tuple):
         """Replacement args of the final norm, or None."""
         return None
+
+    def entry_output(self, output) -> None:
+        """The entry module returned `output`; its per-layer outputs may be rewritten in place."""
 
     def finish(self) -> Generation | None:
         """The forward returned; a prefill returns the Generation its cache continues with."""

@@ -133,6 +133,20 @@ def _scatter_rows(into: torch.Tensor, index: torch.Tensor, where: torch.Tensor, 
     return into.scatter(1, index, torch.where(where.to(into.device)[..., None], rows.to(into.device, into.dtype), kept))
 
 
+def unpruned_attention(weights: torch.Tensor, layout: Layout, length: int) -> torch.Tensor:
+    """(B, H, length, length) attention weights of a prefill layer from those over its layout's entries: each
+    entry's row and column go to its prompt position; filler and removed positions hold zeros."""
+    bsz, heads, width, _ = weights.shape
+    lay = layout.to(weights.device)
+    allowed = lay.computed[:, None, :, None] & lay.valid[:, None, None, :]  # filler rows and keys: zeros
+    weights = weights.masked_fill(~allowed, 0)
+    source = lay.source[:, None]
+    columns = weights.new_zeros(bsz, heads, width, length).scatter(3, source[:, :, None].expand_as(weights), weights)
+    return weights.new_zeros(bsz, heads, length, length).scatter(
+        2, source[..., None].expand(-1, heads, -1, length), columns
+    )
+
+
 class Prefill(Phase):
     """One forward over a prompt with images (see the module docstring for its steps)."""
 
@@ -187,6 +201,7 @@ class Prefill(Phase):
         self.next_scores = None  # scores of the last scored layer, ranking the next cut
         self.restore = None  # (B, L, D) hidden state of each removed token
         self.layer_counts = []  # per layer: (present, real, columns) of its layout, for the cache's counts
+        self.layer_layouts = []  # per layer: its Layout, None while it holds the whole prompt (for its outputs)
         self.stash = {}  # query / key source outputs of the running layer
 
     @classmethod
@@ -285,7 +300,9 @@ class Prefill(Phase):
         self.report.record_prefill_layer(layer, self.real, self.present)
         if self.cache is not None:
             held: PrunableLayer = self.cache.layers[layer]
-            held.append_meta(self.layout.positions, self.layout.valid, self.layout.visual, pruned=self.changed)
+            lay = self.layout
+            held.append_meta(lay.positions, lay.source, lay.valid, lay.visual, pruned=self.changed)
+        self.layer_layouts.append(self.layout if self.changed else None)
         if not self.changed:
             return None if self.injections is None else (args, kwargs)
         kwargs = {
@@ -394,6 +411,28 @@ class Prefill(Phase):
             return None if self.injections is None else (hidden, *args[1:])
         restored = _scatter_rows(self.restore.to(hidden.device, hidden.dtype), lay.source, lay.computed, hidden)
         return (restored, *args[1:])
+
+    def entry_output(self, output) -> None:
+        """Attentions and hidden states of the layers after a cut, as transformers would give them without
+        pruning: indexed by prompt position. Attention rows and columns of removed tokens hold zeros; a removed
+        token's hidden state is the one it had when it was removed (as in the last hidden state)."""
+        if not self.changed:
+            return
+        attentions = getattr(output, "attentions", None)
+        if attentions:
+            output.attentions = tuple(
+                w if lay is None or w is None else unpruned_attention(w, lay, self.length)
+                for w, lay in zip(attentions, self.layer_layouts, strict=True)
+            )
+        hidden = getattr(output, "hidden_states", None)
+        if hidden:  # [0] enters layer 0, [j] leaves layer j - 1; the last may be the final (restored) output
+            layouts = [None, *self.layer_layouts]
+            output.hidden_states = tuple(
+                h
+                if lay is None or h is None or h is getattr(output, "last_hidden_state", None)
+                else _scatter_rows(self.restore.to(h.device, h.dtype), lay.source, lay.computed, h)
+                for h, lay in zip(hidden, layouts, strict=False)
+            )
 
     def finish(self) -> Generation | None:
         if self.cache is None:

@@ -200,6 +200,7 @@ class PruningSession:
 
     def _after_entry(self, module, args, kwargs, output):
         phase, self.phase = self.phase, IDLE
+        phase.entry_output(output)
         generation = phase.finish()
         if generation is not None:
             self._generations[phase.cache] = generation
