@@ -154,6 +154,7 @@ def reference_generate(
     def layer_post(module, args, output):
         if record and phase["t"] == 0:
             layer_outputs.append((output[0] if isinstance(output, tuple) else output).clone())
+
     initial: list[torch.Tensor] = []
     dtype = next(model.parameters()).dtype
     minimum = torch.finfo(dtype).min
