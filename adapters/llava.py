@@ -70,7 +70,9 @@ def image_layout(
     found, expected = int(placeholders.sum()), sum(token_counts)
     if found != expected:
         raise UnsupportedInputError(
-            f"the input has {found} {kind} placeholder tokens ({kind}_token_id={image_token_id}) but its "
+            # worded as transformers' own error for this input, so callers matching on it keep working
+            f"{kind.capitalize()} features and {kind} tokens do not match: the input has {found} {kind} placeholder "
+            f"tokens ({kind}_token_id={image_token_id}) but its "
             f"{len(token_counts)} {kind}(s) give {expected} visual features ({', '.join(map(str, token_counts))} "
             f"per {kind}); build input_ids with the model's processor so each {kind} gets exactly its feature count"
         )

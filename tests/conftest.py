@@ -120,11 +120,27 @@ def right_padded(batch: dict) -> dict:
     return out
 
 
+def with_holes(batch: dict, tokens: int = 3) -> dict:
+    """The right-padded batch followed by `tokens` more real text tokens in every row: padding between real
+    tokens, as when generate(use_cache=False) re-runs a right-padded prompt with its new tokens."""
+    right = right_padded(batch)
+    bsz = right["input_ids"].shape[0]
+    extra = {"input_ids": torch.arange(3, 3 + tokens).expand(bsz, -1), "attention_mask": torch.ones(bsz, tokens)}
+    if "mm_token_type_ids" in right:
+        extra["mm_token_type_ids"] = torch.zeros(bsz, tokens)
+    out = dict(right)
+    for key, value in extra.items():
+        out[key] = torch.cat([right[key], value.to(right[key].dtype)], 1)
+    return out
+
+
 def inputs(kind: str, attn: str = "sdpa", seed: int = 0, family: str = "llava") -> dict:
-    """A batch of `kind`: "single", "padded" (left-padded, three samples) or "right" (the padded batch
-    right-padded)."""
+    """A batch of `kind`: "single", "padded" (left-padded, three samples), "right" (the padded batch
+    right-padded) or "holes" (padding between real tokens)."""
     if kind == "right":
         return right_padded(inputs("padded", attn, seed, family))
+    if kind == "holes":
+        return with_holes(inputs("padded", attn, seed, family))
     if family in QWEN_FAMILIES:
         return make_qwen_inputs(spec(attn, family=family), QWEN_BATCHES[kind], seed=seed)
     sizes = NEXT_SIZES[kind] if family == "llava_next" else None

@@ -255,3 +255,31 @@ def test_pruned_cache_reused_after_the_context_is_refused_clearly():
             out = model(**data)
         with pytest.raises(tp.UnsupportedInputError, match="context that has ended"):
             model(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_training_forward_with_gradient_checkpointing(family):
+    """Gradient checkpointing in training mode runs the layers without the cache (transformers passes them
+    past_key_values=None): the pruned forward then scores from the key projections, as with use_cache=False,
+    and its loss and gradients equal the same pruned forward without checkpointing."""
+    from conftest import fresh_model
+
+    data = inputs("padded", family=family)
+    labels = data["input_ids"].masked_fill(~data["attention_mask"].bool(), -100)
+    results = []
+    for checkpointing in (False, True):
+        model = fresh_model(family)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        with tp.prune(model, "fastv", k=2, ratio=0.5) as run:
+            out = model(**data, labels=labels)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.model.language_model.parameters() if p.grad is not None]
+        results.append((out.loss.detach(), grads, run.report.kept_visual))
+    (loss, grads, kept), (loss_gc, grads_gc, kept_gc) = results
+    assert kept == kept_gc and kept  # the same tokens were removed
+    torch.testing.assert_close(loss_gc, loss, atol=1e-6, rtol=0)
+    assert len(grads_gc) == len(grads) > 0
+    for a, b in zip(grads_gc, grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -120,6 +120,11 @@ def prune(
 
 def resolve_adapter(model: torch.nn.Module, adapter: str | ModelAdapter | None = None) -> ModelAdapter:
     """The adapter for `model`: found from its class, or the named / given one (which must match it)."""
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        raise UnsupportedModelError(
+            f"this is torch.compile's wrapper of a {type(model._orig_mod).__name__}; compiled models cannot be "
+            "pruned (compiled code keeps the module hooks it was traced with): prune the uncompiled model"
+        )
     if adapter is None:
         return registry.adapter_for(model)
     if isinstance(adapter, str):

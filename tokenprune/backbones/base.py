@@ -202,3 +202,14 @@ class Backbone(ABC):
         """Window of the `sliding` layers (None when there are none): the engine's own masks are plain
         causal, so it serves sequences that stay inside the window."""
         return None
+
+    @property
+    def layers_drop_cache(self) -> bool:
+        """True while the decoder layers run without the cache: gradient checkpointing in training mode makes
+        transformers pass them `past_key_values=None` (unless the layer class can checkpoint with a cache)."""
+        return any(
+            getattr(layer, "gradient_checkpointing", False)
+            and layer.training
+            and not getattr(layer, "_can_checkpoint_with_cache", False)
+            for layer in self.layers
+        )

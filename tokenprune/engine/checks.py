@@ -42,6 +42,29 @@ def check_weights(model: torch.nn.Module, served: list[torch.nn.Module]) -> None
         )
 
 
+def _compiled(module: torch.nn.Module) -> bool:
+    """True for a module compiled in place (`module.compile()`) or whose forward was replaced by a compiled one."""
+    forward = module.__dict__.get("forward")
+    return getattr(module, "_compiled_call_impl", None) is not None or hasattr(forward, "_torchdynamo_orig_callable")
+
+
+def check_not_compiled(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]] | None = None) -> None:
+    """Refuse a model compiled with torch.compile, checking `modules` ((name, module) pairs; default: all of the
+    model's). Compiled code does not re-check module hooks when they change (dynamo's
+    `skip_nnmodule_hook_guards`, on by default): it keeps calling the hooks it was traced with, while the
+    engine's per-layer hooks change between a prefill and the decode steps, so a compiled model could run with
+    the wrong ones and give silently wrong outputs."""
+    for name, module in model.named_modules() if modules is None else modules:
+        if _compiled(module):
+            where = f"module '{name}' of this {type(model).__name__}" if name else f"this {type(model).__name__}"
+            raise UnsupportedModelError(
+                f"{where} is compiled with torch.compile, whose compiled code keeps the module hooks it was traced "
+                "with while tokenprune's hooks change between the prefill and the decode steps, so its outputs "
+                "could be silently wrong; prune the uncompiled model (generate()'s compiled path needs a static "
+                "cache, which is refused too)"
+            )
+
+
 def attention_backend(backbone: Backbone) -> str:
     """The attention implementation the language model runs with, if the engine supports it."""
     backend = getattr(backbone.config, "_attn_implementation", None) or "eager"
@@ -66,8 +89,8 @@ def check_window(backbone: Backbone, tokens: int) -> None:
 
 # ------------------------------------------------------------------------------------------ inputs
 def prompt_validity(attention_mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
-    """(B, L) real tokens of a prompt from its 2D padding mask: each sample's real tokens in one run, padded on
-    the left, on the right (transformers runs the padding after them as queries, see `Prefill`) or both."""
+    """(B, L) real tokens of a prompt from its 2D padding mask: padding anywhere (left, right, between real
+    tokens; `Prefill` keeps what transformers computes), but at least one real token per sample."""
     if attention_mask is None:
         return torch.ones(shape, dtype=torch.bool, device=device)
     if attention_mask.dim() != 2:
@@ -75,18 +98,11 @@ def prompt_validity(attention_mask: torch.Tensor | None, shape: torch.Size, devi
             f"a {attention_mask.dim()}D attention_mask is not supported; pass the 2D (batch, length) padding mask"
         )
     valid = attention_mask.to(device).bool()
-    starts = (valid[:, 1:] & ~valid[:, :-1]).sum(1) + valid[:, 0].long()  # runs of real tokens per sample
-    empty, holes = torch.stack([starts == 0, starts > 1]).cpu()  # one host read
+    empty = (~valid.any(1)).cpu()
     if bool(empty.any()):
         raise UnsupportedInputError(
             f"attention_mask rows {empty.nonzero().flatten().tolist()} have no real token (all padding); every "
             "sample needs at least one"
-        )
-    if bool(holes.any()):
-        raise UnsupportedInputError(
-            f"attention_mask rows {holes.nonzero().flatten().tolist()} have padding between real tokens; "
-            "tokenprune serves padding before (padding_side='left') or after (padding_side='right') each "
-            "sample's tokens"
         )
     return valid
 

@@ -18,8 +18,8 @@ def layer_mask(allowed: torch.Tensor, backend: str, dtype: torch.dtype) -> torch
 
 
 def prefill_mask(valid: torch.Tensor, backend: str, dtype: torch.dtype) -> torch.Tensor:
-    """Causal mask over a layout, real entries as keys: what transformers' mask gives every query, trailing
-    padding included (it sees the real tokens before it). A row without any real key (filler, left padding)
+    """Causal mask over a layout, real entries as keys: what transformers' mask gives every query, padding
+    after a real token included (it sees the real tokens before it). A row without any real key (filler, left padding)
     sees only itself, so no row is empty."""
     n = valid.shape[1]
     allowed = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()[None] & valid[:, None, :]

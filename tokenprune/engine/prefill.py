@@ -9,9 +9,9 @@ In the order things happen:
    previous layer ("QK heredity"), and the removed ones leave the hidden states, rotary rows, position
    ids, the layer's mask and therefore its KV cache. Samples keep different counts: each is
    right-aligned in a rectangular `Layout` and left-filled with masked-out filler, so the last token
-   stays last. Left padding leaves at the first cut; padding after a sample's tokens (right padding)
-   stays in every layer, because transformers computes it as queries (the last column's gives the next
-   token) while masking it as a key. The layer's cache entries get their metadata (position, validity,
+   stays last. Left padding leaves at the first cut; padding after a sample's first real token (right
+   padding) stays in every layer, because transformers computes it as queries (the last column's gives
+   the next token) while masking it as a key. The layer's cache entries get their metadata (position, validity,
    visual).
 3. `projected` / `attended` (after the query source and the attention of a scored layer): the scores
    that rank the next cut, and the seeds of the decay's eviction scores, computed from the layer's own
@@ -90,7 +90,7 @@ class Layout:
     valid: torch.Tensor  # real token (not padding, not filler)
     visual: torch.Tensor  # prunable visual token still present
     positions: torch.Tensor  # RoPE position id
-    trailing: torch.Tensor  # padding after the sample's tokens (right padding): a query, never a key
+    query_only: torch.Tensor  # padding after the sample's first real token: a query, never a key (see `start`)
 
     def select(self, index: torch.Tensor, keep: torch.Tensor) -> "Layout":
         """The entries `index` (B, L'); those not in `keep` are filler."""
@@ -101,18 +101,18 @@ class Layout:
             valid=valid,
             visual=self.visual.gather(1, index) & valid,
             positions=self.positions.gather(1, index),
-            trailing=self.trailing.gather(1, index) & kept,
+            query_only=self.query_only.gather(1, index) & kept,
         )
 
     @property
     def computed(self) -> torch.Tensor:
-        """Entries whose output the model returns: real tokens and trailing padding (not filler)."""
-        return self.valid | self.trailing
+        """Entries whose output the model returns: real tokens and query-only padding (not filler)."""
+        return self.valid | self.query_only
 
     def to(self, device: torch.device) -> "Layout":
         if self.source.device == device:
             return self
-        fields = (self.source, self.valid, self.visual, self.positions, self.trailing)
+        fields = (self.source, self.valid, self.visual, self.positions, self.query_only)
         return Layout(*(t.to(device) for t in fields))
 
 
@@ -164,7 +164,7 @@ class Prefill(Phase):
         horizon: int | None,
         kwargs: dict,
         real: torch.Tensor,
-        trailing: torch.Tensor,
+        query_only: torch.Tensor,
         present: torch.Tensor,
         image_end: torch.Tensor,
         drafts: int = 0,
@@ -176,7 +176,7 @@ class Prefill(Phase):
         self.cache, self.report, self.horizon = cache, report, horizon
         self.kwargs = kwargs  # the entry module's arguments, with the prunable cache
         self.real = real  # host (B,) real tokens the current layout holds
-        self.trailing = trailing  # host (B,) trailing padding tokens it holds (every layout; the rest is filler)
+        self.query_only = query_only  # host (B,) query-only padding it holds (every layout; the rest is filler)
         self.present = present  # host (B,) visual tokens the current layout holds
         self.image_end = image_end  # (B,) prompt index of the last visual token (-1 without image)
         self.length = layout.source.shape[1]  # padded prompt length
@@ -227,11 +227,16 @@ class Prefill(Phase):
             PrunableCache.check_adoptable(kwargs.get("past_key_values"))
         valid = prompt_validity(kwargs.get("attention_mask"), tokens.prunable.shape, device)
         index = torch.arange(length, device=device).expand(bsz, -1)
-        last = torch.where(valid, index, -1).max(1).values[:, None]  # each sample's last real token
+        first = torch.where(valid, index, length).min(1).values[:, None]  # each sample's first real token
+        last = torch.where(valid, index, -1).max(1).values[:, None]  # and its last
         # The last real token is never removed: it produces the next token (left padding), or its text is what
-        # the padding after it, which transformers runs as queries, reads (right padding).
+        # the padding after it reads (right padding).
         visual = tokens.prunable & valid & (index != last)
-        trailing = index > last
+        # Padding after a sample's first real token (right padding; padding between real tokens, as when
+        # generate re-runs a right-padded prompt with its new tokens) is computed by transformers as queries
+        # that see the real tokens before them, while masked as keys: it stays in every layer, as a query.
+        # Padding before it leaves at the first cut (it sees nothing, and nothing sees it).
+        query_only = ~valid & (index > first)
         planned = generation_horizon(length)
         check_window(backbone, length + (planned or 0))
         if positions is None:  # what the language model itself would use
@@ -261,20 +266,20 @@ class Prefill(Phase):
             horizon=horizon,
         )
         # Read once, before the layers run; from here on the prefill decides from host counts only.
-        real, total_trailing, total_visual = torch.stack([valid.sum(1), trailing.sum(1), visual.sum(1)]).cpu()
+        real, total_query_only, total_visual = torch.stack([valid.sum(1), query_only.sum(1), visual.sum(1)]).cpu()
         return cls(
             backbone=backbone,
             strategy=strategy,
             backend=backend,
             cut_layers=cut_layers,
             plan=CutPlan.of(strategy.schedule, cut_layers, total_visual),
-            layout=Layout(source=index, valid=valid, visual=visual, positions=positions, trailing=trailing),
+            layout=Layout(source=index, valid=valid, visual=visual, positions=positions, query_only=query_only),
             cache=cache,
             report=report,
             horizon=horizon,
             kwargs=kwargs,
             real=real,
-            trailing=total_trailing,
+            query_only=total_query_only,
             present=total_visual,
             image_end=image_end,
             drafts=drafts,
@@ -335,14 +340,14 @@ class Prefill(Phase):
         else:  # every sample keeps all or none: no ranking needed
             kept_visual = lay.visual & (keep > 0).to(device)[:, None]
         self.next_scores = None
-        keep_mask = (lay.valid & ~lay.visual) | kept_visual | lay.trailing
+        keep_mask = (lay.valid & ~lay.visual) | kept_visual | lay.query_only
         if self.restore is None:
             self.restore = hidden.new_zeros(hidden.shape[0], self.length, hidden.shape[-1])
         # Keep each dropped token's hidden state at its prompt index (sources are unique within a layout, so
         # one scatter writes them without reading back which tokens were dropped).
         self.restore = _scatter_rows(self.restore, lay.source, lay.valid & ~keep_mask, hidden)
         self.real, self.present = self.real - (self.present - keep), keep
-        length = int((self.real + self.trailing).max())
+        length = int((self.real + self.query_only).max())
         index = compact(keep_mask, length)
         self.layout = lay.select(index, keep_mask)
         self.changed = True
@@ -364,6 +369,10 @@ class Prefill(Phase):
     def attended(self, layer: int, kwargs: dict) -> None:
         if layer not in self.scored:
             return
+        with torch.no_grad():  # a ranking is never differentiated (and recomputing a checkpointed layer skips it)
+            self._score(layer, kwargs)
+
+    def _score(self, layer: int, kwargs: dict) -> None:
         cos, sin = kwargs["position_embeddings"]
         backbone = self.backbone
         if self.cache is not None:

@@ -22,7 +22,7 @@ from ..cache import PrunableCache
 from ..errors import AlreadyPrunedError, UnsupportedInputError
 from ..interfaces import ModelAdapter, Strategy
 from ..report import Report
-from .checks import attention_backend, check_weights
+from .checks import attention_backend, check_not_compiled, check_weights
 from .decode import DecodeStep
 from .phase import IDLE, NO_HOOKS, Generation, HookSet, Phase
 from .prefill import Prefill
@@ -63,6 +63,8 @@ class PruningSession:
         self._layer_handles: dict = {}  # (kind, layer) -> hook the current phase needs
         self._hooks = NO_HOOKS
         self._drafts = 0  # drafted tokens at the end of the running forward's input (`_on_model`)
+        entry_name = next(name for name, m in model.named_modules() if m is self.parts.entry)
+        self._outer_modules = [("", model), (entry_name, self.parts.entry)]  # checked for compilation per forward
         signature = inspect.signature(self.parts.entry.forward).parameters.values()
         self._entry_params = [p.name for p in signature if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
@@ -89,6 +91,7 @@ class PruningSession:
                 "leave that context before pruning it again"
             )
         attention_backend(self.backbone)
+        check_not_compiled(self.model)
         try:
             add = self._handles.append
             add(self.model.register_forward_pre_hook(self._on_model, with_kwargs=True))
@@ -147,6 +150,8 @@ class PruningSession:
 
     def _on_entry(self, module, args, kwargs):
         self.phase = self._counting = IDLE
+        # compiled inside the block (two attribute reads per forward: the full check ran on entering)
+        check_not_compiled(self.model, self._outer_modules)
         if args:  # bind positional arguments to their names so nothing is lost when kwargs are rewritten
             kwargs = {**dict(zip(self._entry_params, args, strict=False)), **kwargs}
         drafts, self._drafts = self._drafts, 0  # this forward's only (the entry may also be called on its own)
@@ -186,6 +191,7 @@ class PruningSession:
         use_cache = kwargs.get("use_cache")
         if use_cache is None:
             use_cache = getattr(self.backbone.config, "use_cache", True)
+        use_cache = use_cache and not self.backbone.layers_drop_cache
         prefill = Prefill.start(
             **common,
             cut_layers=self.cut_layers,
