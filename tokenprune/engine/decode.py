@@ -10,7 +10,8 @@ In the order things happen:
 2. `layer_input` (before each decoder layer): a layer whose entries differ from the full sequence gets its
    own mask from its entries' validity when it needs one (batch 1 after a round needs none).
 3. `projected` (after the query source of a scored layer): the query of the last new token is kept.
-4. `finish` (the forward returned): those queries join the cache's score window for the next round; the
+4. `entry_output` (the forward returned): attentions the caller asked for go to cache positions.
+5. `finish`: those queries join the cache's score window for the next round; the
    cache's host counts move to the state after the round, and the report records them.
 
 Decoding is the hot path (every layer, every token; at batch 1 on a GPU the host issuing operations is

@@ -18,7 +18,9 @@ In the order things happen:
    queries and cached keys (no eager attention needed).
 4. `final_norm`: removed tokens are put back with the hidden state they had when removed, so outputs keep
    the prompt's length.
-5. `finish`: the cache's host counts start from the layers' counts, and the report records them.
+5. `entry_output` (the forward returned): attentions / hidden states the caller asked for go back to
+   prompt positions, as without pruning.
+6. `finish`: the cache's host counts start from the layers' counts, and the report records them.
 """
 
 from __future__ import annotations
