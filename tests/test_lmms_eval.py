@@ -197,6 +197,7 @@ def test_st3_run_matches_tokenprune_in_process(setup, st3_run):
     assert summary["visual_tokens_layer_00"] > summary[f"visual_tokens_layer_{LAYERS - 1:02d}"]
 
 
+@pytest.mark.slow  # a further lmms-eval run (20 s each); the default run keeps one per family
 def test_two_processes_equal_one(setup, st3_run):
     parallel = setup.run("st3-dp", "strategy=st3", processes=2)
     assert {r["process"] for r in parallel.records()} == {0, 1}  # each process generated its shard
@@ -329,6 +330,7 @@ def test_the_other_families_through_lmms_eval(family, tmp_path):
             assert rec[key] == one[key]
 
 
+@pytest.mark.slow  # a further lmms-eval run (20 s each); the default run keeps one per family
 def test_generation_stops_at_the_tasks_stop_string(setup):
     """A stop string taken from the middle of document 0's ST3 text: generation of that document ends there (fewer
     tokens) and its text is what came before; documents without it are unchanged."""
