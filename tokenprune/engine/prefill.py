@@ -11,8 +11,8 @@ In the order things happen:
    right-aligned in a rectangular `Layout` and left-filled with masked-out filler, so the last token
    stays last. Left padding leaves at the first cut; padding after a sample's first real token (right
    padding) stays in every layer, because transformers computes it as queries (the last column's gives
-   the next token) while masking it as a key. The layer's cache entries get their metadata (position, validity,
-   visual).
+   the next token) while masking it as a key. The layer's cache entries get their metadata (position,
+   prompt column, validity, visual).
 3. `projected` / `attended` (after the query source and the attention of a scored layer): the scores
    that rank the next cut, and the seeds of the decay's eviction scores, computed from the layer's own
    queries and cached keys (no eager attention needed).
